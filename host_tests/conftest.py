@@ -1,0 +1,262 @@
+"""Shared fixtures: a real Mosquitto on a free loopback port, and the two runtimes
+(CPython and the MicroPython unix port) that every behaviour test runs under."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LIB = ROOT / "lib"
+MQTTC = ROOT / "tools" / "mqttc.py"
+MICROPYTHON = Path(os.environ.get("MICROPYTHON") or ROOT / "build" / "bin" / "micropython")
+UMQTT_DIR = Path(os.environ.get("UMQTT_DIR") or ROOT / "build" / "umqtt")
+HEAP = "128K"  # an ESP32-like heap budget
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("nothing listens on port %d" % port)
+
+
+# ---- Mosquitto ----------------------------------------------------------------
+
+
+class Mosquitto:
+    """One Mosquitto process with its own config on a free loopback port, stopped by PID."""
+
+    def __init__(self, workdir, persistence=False, conf="", port=None):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.persistence = persistence
+        self.extra = conf
+        self.proc = None
+        self.log = self.dir / "mosquitto.log"
+
+    def write_conf(self):
+        lines = []
+        if os.geteuid() == 0:
+            lines.append("user root")  # else it drops to 'mosquitto', who cannot read our files
+        lines += ["listener %d 127.0.0.1" % self.port, "allow_anonymous true",
+                  "log_dest file %s" % self.log, "log_type all", "max_inflight_messages 100",
+                  "max_queued_messages 100000"]
+        if self.persistence:
+            lines += ["persistence true", "persistence_location %s/" % self.dir,
+                      "autosave_interval 0", "autosave_on_changes false"]
+        lines.append(self.extra)
+        conf = self.dir / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return conf
+
+    def start(self):
+        conf = self.write_conf()
+        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        try:
+            wait_port(self.port)
+        except RuntimeError:
+            self.proc.kill()
+            raise RuntimeError("mosquitto did not start: %s" % self.proc.stderr.read().decode())
+        return self
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self):
+        self.stop(signal.SIGKILL)
+
+    def save(self):
+        """Make Mosquitto write its persistence database now (SIGUSR1)."""
+        self.proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def log_text(self):
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture
+def make_broker(tmp_path):
+    made = []
+
+    def make(**kw):
+        b = Mosquitto(tmp_path / ("broker%d" % len(made)), **kw)
+        made.append(b)
+        return b.start()
+
+    yield make
+    for b in made:
+        b.stop()
+
+
+@pytest.fixture
+def broker(make_broker):
+    return make_broker()
+
+
+# ---- runtimes -------------------------------------------------------------------
+
+
+class Runtime:
+    """Runs library code in a child process of one runtime."""
+
+    def __init__(self, name, tmp_path):
+        self.name = name
+        self.tmp = tmp_path
+
+    def argv(self, script, *args):
+        if self.name == "micropython":
+            return [str(MICROPYTHON), "-X", "heapsize=" + HEAP, str(script), *map(str, args)]
+        return [sys.executable, "-u", str(script), *map(str, args)]
+
+    def env(self, umqtt=False):
+        env = dict(os.environ)
+        paths = [str(LIB)] + ([str(UMQTT_DIR)] if umqtt else [])
+        if self.name == "micropython":
+            env["MICROPYPATH"] = ":".join([".frozen"] + paths)  # MICROPYPATH replaces the path
+        else:
+            env["PYTHONPATH"] = ":".join(paths)
+        return env
+
+    def script(self, code):
+        fd, path = tempfile.mkstemp(suffix=".py", dir=self.tmp)
+        with os.fdopen(fd, "w") as f:
+            f.write(code)
+        return path
+
+    def spawn(self, code=None, args=(), script=None, umqtt=False, stdin=subprocess.DEVNULL):
+        path = script or self.script(code)
+        return subprocess.Popen(self.argv(path, *args), cwd=ROOT, env=self.env(umqtt),
+                                stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def run(self, code=None, args=(), script=None, umqtt=False, timeout=30, input=None):
+        path = script or self.script(code)
+        r = subprocess.run(self.argv(path, *args), cwd=ROOT, env=self.env(umqtt), input=input,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+        return r
+
+    def mqttc(self, *args, timeout=30, input=None):
+        return subprocess.run(self.argv(MQTTC, *args), cwd=ROOT, input=input,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+
+    def mqttc_spawn(self, *args, stdin=subprocess.DEVNULL):
+        return subprocess.Popen(self.argv(MQTTC, *args), cwd=ROOT, stdin=stdin,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+RUNTIMES = ["cpython", "micropython"]
+
+
+@pytest.fixture(params=RUNTIMES)
+def rt(request, tmp_path):
+    if request.param == "micropython" and not MICROPYTHON.exists():
+        pytest.fail("MicroPython unix port missing at %s: run `make setup`" % MICROPYTHON)
+    return Runtime(request.param, tmp_path)
+
+
+def ok(r):
+    """Assert a finished child exited 0, showing its output otherwise."""
+    assert r.returncode == 0, "exit %s\nstdout:\n%s\nstderr:\n%s" % (
+        r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace"))
+    return r.stdout.decode()
+
+
+# ---- an independent peer: paho-mqtt -----------------------------------------------
+
+
+class Peer:
+    """A paho-mqtt client in the test process, to publish to or observe our client."""
+
+    def __init__(self, broker, client_id="", clean=True):
+        import paho.mqtt.client as paho
+
+        self.messages = []
+        self.cond = threading.Condition()
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             clean_session=clean, protocol=paho.MQTTv311)
+        self.c.max_inflight_messages_set(20)
+        self.c.on_message = self._on_message
+        self._connected = threading.Event()
+        self.c.on_connect = lambda *a: self._connected.set()
+        self.c.connect(broker.host, broker.port, keepalive=30)
+        self.c.loop_start()
+        if not self._connected.wait(10):
+            raise RuntimeError("paho peer could not connect")
+
+    def _on_message(self, client, userdata, m):
+        with self.cond:
+            self.messages.append((m.topic, m.payload, m.qos, m.retain))
+            self.cond.notify_all()
+
+    def subscribe(self, topic, qos):
+        done = threading.Event()
+        self.c.on_subscribe = lambda *a: done.set()
+        self.c.subscribe(topic, qos)
+        assert done.wait(10), "no SUBACK"
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        info = self.c.publish(topic, payload, qos, retain)
+        info.wait_for_publish(10)
+
+    def wait_for(self, n, timeout=20):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.messages) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            return list(self.messages)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def peer_factory():
+    made = []
+
+    def make(broker, **kw):
+        p = Peer(broker, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def have(cmd):
+    return shutil.which(cmd) is not None
