@@ -1,0 +1,206 @@
+"""tools/mqttc.py (Contract 2) on both runtimes against a real Mosquitto."""
+import time
+
+import pytest
+
+from conftest import ok
+
+
+def common(broker):
+    return ["-h", broker.host, "-p", str(broker.port)]
+
+
+def start_sub(rt, broker, *args):
+    """Start `mqttc sub` and wait until its subscription is in place (seen via -d)."""
+    p = rt.mqttc_spawn("sub", *common(broker), "-d", *args)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        line = p.stderr.readline()
+        if b"< SUBACK" in line or not line:
+            break
+    return p
+
+
+def finish(p, timeout=20):
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        p.kill()
+    return p.returncode, out, err
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_pub_and_sub_round_trip(rt, broker, qos):
+    s = start_sub(rt, broker, "-t", "cli/#", "-q", str(qos), "-C", "3", "-v")
+    for i in range(3):
+        ok(rt.mqttc("pub", *common(broker), "-t", "cli/t%d" % i, "-m", "hello %d" % i, "-q", str(qos)))
+    rc, out, err = finish(s)
+    assert rc == 0, err
+    assert out.decode().splitlines() == ["cli/t%d hello %d" % (i, i) for i in range(3)]
+
+
+def test_pub_lines_from_stdin_including_an_empty_one(rt, broker, peer_factory):
+    p = peer_factory(broker)
+    p.subscribe("lines/t", 2)
+    ok(rt.mqttc("pub", *common(broker), "-t", "lines/t", "-l", "-q", "2", input=b"one\n\nthree\n"))
+    assert [m[1] for m in p.wait_for(3)] == [b"one", b"", b"three"]
+
+
+def test_pub_null_message_and_repeat_and_retain(rt, broker, peer_factory):
+    p = peer_factory(broker)
+    p.subscribe("null/#", 1)
+    ok(rt.mqttc("pub", *common(broker), "-t", "null/t", "-n", "-q", "1", "--repeat", "3"))
+    ok(rt.mqttc("pub", *common(broker), "-t", "null/r", "-m", "kept", "-r", "-q", "1"))
+    got = p.wait_for(4)
+    assert [m[:2] for m in got] == [("null/t", b"")] * 3 + [("null/r", b"kept")]
+    q = peer_factory(broker)
+    q.subscribe("null/r", 1)
+    assert q.wait_for(1) == [("null/r", b"kept", 1, True)]
+
+
+def test_sub_prints_payload_only_without_v_and_flushes_each_line(rt, broker, peer_factory):
+    s = start_sub(rt, broker, "-t", "flush/t", "-q", "1")
+    p = peer_factory(broker)
+    p.publish("flush/t", "first", qos=1)
+    assert s.stdout.readline() == b"first\n"  # arrives before the process ends
+    p.publish("flush/t", "second", qos=1)
+    assert s.stdout.readline() == b"second\n"
+    s.kill()
+    s.wait()
+
+
+def test_sub_several_filters(rt, broker, peer_factory):
+    s = start_sub(rt, broker, "-t", "a/#", "-t", "b/#", "-C", "2", "-v")
+    p = peer_factory(broker)
+    p.publish("a/1", "x", qos=1)
+    p.publish("b/1", "y", qos=1)
+    rc, out, err = finish(s)
+    assert rc == 0 and out.decode().splitlines() == ["a/1 x", "b/1 y"]
+
+
+def test_sub_wait_timeout_exits_non_zero(rt, broker):
+    t = time.monotonic()
+    r = rt.mqttc("sub", *common(broker), "-t", "quiet/t", "-W", "1")
+    assert r.returncode != 0 and b"timed out" in r.stderr
+    assert time.monotonic() - t < 8
+
+
+def test_sub_count_completes_the_qos2_flow_and_disconnects(rt, broker, peer_factory):
+    s = start_sub(rt, broker, "-t", "c2/t", "-q", "2", "-C", "1")
+    p = peer_factory(broker)
+    p.publish("c2/t", "only", qos=2)
+    rc, out, err = finish(s)
+    assert rc == 0 and out == b"only\n"
+    assert b"> PUBCOMP" in err and err.rstrip().endswith(b"> DISCONNECT")
+
+
+def test_connack_refused_names_the_return_code(rt, make_broker, tmp_path):
+    pw = tmp_path / "passwd"
+    pw.write_text("")
+    import subprocess
+    subprocess.run(["mosquitto_passwd", "-b", str(pw), "alice", "secret"], check=True)
+    pw.chmod(0o644)
+    b = make_broker(conf="allow_anonymous false\npassword_file %s" % pw)
+    r = rt.mqttc("pub", *common(b), "-t", "x", "-m", "y", "-u", "alice", "-P", "wrong")
+    assert r.returncode != 0
+    assert b"return code 5" in r.stderr or b"return code 4" in r.stderr
+    ok(rt.mqttc("pub", *common(b), "-t", "x", "-m", "y", "-u", "alice", "-P", "secret", "-q", "1"))
+
+
+def test_suback_failure_is_an_error(rt):
+    """Mosquitto 2.0.11 grants ACL-denied subscriptions, so a scripted broker says 0x80."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+
+    def broker():
+        c, _ = srv.accept()
+        c.settimeout(10)
+        c.recv(1000)                      # CONNECT
+        c.sendall(b"\x20\x02\x00\x00")
+        sub = c.recv(1000)                # SUBSCRIBE, id in bytes 2-3
+        c.sendall(b"\x90\x03" + sub[2:4] + b"\x80")
+        c.recv(1000)
+        c.close()
+
+    t = threading.Thread(target=broker, daemon=True)
+    t.start()
+    r = rt.mqttc("sub", "-p", str(port), "-t", "secret/#", "-W", "5")
+    srv.close()
+    assert r.returncode == 1, r.stderr
+    assert b"0x80" in r.stderr
+
+
+def test_refused_tcp_connection_is_one_clear_line(rt):
+    from conftest import free_port
+    r = rt.mqttc("pub", "-p", str(free_port()), "-t", "x", "-m", "y")
+    assert r.returncode == 1
+    assert len(r.stderr.decode().strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["pub", "-t", "x", "-m", "y", "-c"],          # -c without -i
+    ["pub", "-t", "x"],                             # no message option
+    ["pub", "-m", "y"],                             # no topic
+    ["pub", "-t", "x", "-m", "y", "-n"],            # two message options
+    ["pub", "-t", "x", "-m", "y", "-k", "65536"],   # keepalive out of range
+    ["pub", "-t", "x", "-m", "y", "-q", "3"],
+    ["sub", "-t", "x", "-m", "y"],                  # pub option on sub
+    ["frob"],
+], ids=["c-without-i", "no-message", "no-topic", "two-messages", "keepalive-range", "qos-range",
+        "pub-option-on-sub", "unknown-command"])
+def test_usage_errors(rt, args):
+    r = rt.mqttc(*args)
+    assert r.returncode == 2 and b"usage:" in r.stderr and r.stdout == b""
+
+
+def test_generated_client_id_and_debug_log_on_stderr_only(rt, broker):
+    r = rt.mqttc("pub", *common(broker), "-t", "dbg/t", "-m", "x", "-q", "1", "-d")
+    ok(r)
+    assert r.stdout == b""
+    assert b"> CONNECT id=b'mqttc-" in r.stderr and b"< PUBACK" in r.stderr
+
+
+def test_will_options(rt, broker, peer_factory):
+    p = peer_factory(broker)
+    p.subscribe("w/#", 1)
+    s = rt.mqttc_spawn("sub", *common(broker), "-t", "nothing", "--will-topic", "w/gone",
+                       "--will-payload", "bye", "--will-qos", "1", "--will-retain", "-k", "5")
+    time.sleep(1.0)
+    s.kill()  # abrupt: the broker publishes the will
+    s.wait()
+    assert p.wait_for(1, timeout=15) == [("w/gone", b"bye", 1, False)]
+
+
+def test_keepalive_zero_is_accepted(rt, broker):
+    ok(rt.mqttc("pub", *common(broker), "-t", "k/t", "-m", "x", "-k", "0"))
+
+
+def test_lost_connection_without_c_ends_promptly(rt, make_broker):
+    b = make_broker()
+    s = start_sub(rt, b, "-t", "lost/t")
+    b.kill()
+    rc, out, err = finish(s, timeout=15)
+    assert rc == 1 and err.strip().splitlines()[-1].startswith(b"mqttc: ")
+
+
+def test_reconnects_with_c_and_gets_what_was_queued_meanwhile(rt, make_broker, peer_factory):
+    b = make_broker(persistence=True)
+    s = start_sub(rt, b, "-t", "rc/t", "-q", "1", "-c", "-i", "rc-sub", "-C", "2")
+    p = peer_factory(b)
+    p.publish("rc/t", "before", qos=1)
+    assert s.stdout.readline() == b"before\n"
+    p.close()
+    b.save()
+    b.kill()
+    time.sleep(0.5)
+    b.start()
+    p = peer_factory(b)
+    p.publish("rc/t", "after", qos=1)
+    rc, out, err = finish(s, timeout=30)
+    assert rc == 0, err
+    assert out == b"after\n"
