@@ -131,13 +131,14 @@ def broker(make_broker):
 class Runtime:
     """Runs library code in a child process of one runtime."""
 
-    def __init__(self, name, tmp_path):
+    def __init__(self, name, tmp_path, heap=HEAP):
         self.name = name
         self.tmp = tmp_path
+        self.heap = heap
 
     def argv(self, script, *args):
         if self.name == "micropython":
-            return [str(MICROPYTHON), "-X", "heapsize=" + HEAP, str(script), *map(str, args)]
+            return [str(MICROPYTHON), "-X", "heapsize=" + self.heap, str(script), *map(str, args)]
         return [sys.executable, "-u", str(script), *map(str, args)]
 
     def env(self, umqtt=False):

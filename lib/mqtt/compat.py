@@ -98,17 +98,22 @@ def open_tcp(host, port, timeout_ms):
 
 
 def wrap_tls(s, server, params, timeout_ms):
-    """Wrap a connected socket in TLS.  params: cafile/cadata (verify the server,
-    hostname included), certfile/keyfile (client certificate), server_hostname,
-    context (an SSLContext to use as is), insecure=True (no verification).
-    Returns a non-blocking TLS socket; the handshake runs blocking with a timeout."""
+    """Wrap a connected socket in TLS and return it non-blocking (the handshake runs
+    blocking, bounded by timeout_ms).  params (umqtt's ssl_params, extended):
+      cafile / cadata  - CA to verify the broker with (hostname included)
+      server_hostname  - name to verify and send as SNI (default: server)
+      certfile/keyfile or cert/key - client certificate
+      cert_reqs        - ssl.CERT_NONE to skip verification
+      context          - an SSLContext to use as it is
+    Without a CA the link is encrypted but the broker is not authenticated."""
     import ssl
 
     ctx = params.get("context")
     hostname = params.get("server_hostname", server)
     if ctx is None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        if params.get("insecure") or not (params.get("cafile") or params.get("cadata")):
+        ca = params.get("cafile") or params.get("cadata")
+        if not ca or params.get("cert_reqs", ssl.CERT_REQUIRED) == ssl.CERT_NONE:
             if not MICROPYTHON:
                 ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
@@ -118,8 +123,10 @@ def wrap_tls(s, server, params, timeout_ms):
                 ctx.load_verify_locations(cafile=params["cafile"])
             else:
                 ctx.load_verify_locations(cadata=params["cadata"])
-        if params.get("certfile"):
-            ctx.load_cert_chain(params["certfile"], params.get("keyfile"))
+        cert = params.get("certfile") or params.get("cert")
+        if cert:
+            ctx.load_cert_chain(cert, params.get("keyfile") or params.get("key"))
+    s.setblocking(True)
     s.settimeout(timeout_ms / 1000)
     t = ctx.wrap_socket(s, server_hostname=hostname)
     t.setblocking(False)
