@@ -162,7 +162,7 @@ def test_generated_client_id_and_debug_log_on_stderr_only(rt, broker):
     r = rt.mqttc("pub", *common(broker), "-t", "dbg/t", "-m", "x", "-q", "1", "-d")
     ok(r)
     assert r.stdout == b""
-    assert b"> CONNECT id=b'mqttc-" in r.stderr and b"< PUBACK" in r.stderr
+    assert b"> CONNECT id=mqttc-" in r.stderr and b"< PUBACK" in r.stderr
 
 
 def test_will_options(rt, broker, peer_factory):

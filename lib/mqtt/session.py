@@ -155,7 +155,7 @@ class Session:
         self.txn = put_connect(self.tx, pos, client_id, clean_session, keepalive, will, user, password)
         self.open = True
         if self.trace:
-            self.trace("> CONNECT id=%r clean=%d keepalive=%d" % (client_id, clean_session, keepalive))
+            self.trace("> CONNECT id=%s clean=%d keepalive=%d" % (client_id.decode(), clean_session, keepalive))
 
     def reset(self):
         """Forget the connection (not the session): call when the socket is gone."""
@@ -191,7 +191,7 @@ class Session:
         pid = self.store.next_pid(self.pending)
         i = self.store.add(pid, qos, retain, topic, msg)
         if self.connected and self.inflight < self.window:
-            self._send_slot(i, False, now)
+            self._send_slot(i, now)
         return pid
 
     def window_full(self):
@@ -407,24 +407,25 @@ class Session:
             raise ProtocolError("session present for a clean session [MQTT-3.2.2-1]")
         self.connected = True
         store = self.store
+        slots = store.ordered()
         if not sp:
             # The broker has no session: it holds none of our ids and will send no
             # PUBREL.  Stored messages are re-sent as new publications (3.1.1 leaves
             # this open; dropping them would lose accepted messages).
             store.clear_inbound()
-            for i in store.ordered():
+            for i in slots:
                 store.set_state(i, AWAIT_PUBACK if store.qos[i] == 1 else AWAIT_PUBREC)
-        self._resume(bool(sp), now)
+        # Resend what the store holds, in original order [MQTT-4.4.0-1][MQTT-4.6.0-1]:
+        # with DUP=1 and the same id when the broker kept the session.
+        for i in slots:
+            store.dup[i] = bool(sp)
+        for i in slots:
+            if self.inflight >= self.window:
+                break  # the rest follow, in order, as acks free the window
+            self._send_slot(i, now)
         return (CONNECTED, sp)
 
-    def _resume(self, dup, now):
-        """Resend what the store holds, in original order [MQTT-4.4.0-1][MQTT-4.6.0-1]."""
-        for i in self.store.ordered():
-            if self.inflight >= self.window:
-                break
-            self._send_slot(i, dup, now)
-
-    def _send_slot(self, i, dup, now):
+    def _send_slot(self, i, now):
         s = self.store
         pid = s.pid[i]
         if s.state[i] == AWAIT_PUBCOMP:
@@ -435,8 +436,10 @@ class Session:
             if msg is None:
                 msg = s.load(i)  # a flash store may keep payloads on the medium only
             q = s.qos[i]
+            dup = s.dup[i]
             pos = self._room(publish_size(topic, msg, q), now)
             self.txn = put_publish(self.tx, pos, topic, msg, q, s.retain[i], dup, pid)
+            s.dup[i] = True
             if self.trace:
                 self._trace_pub(">", topic, msg, q, s.retain[i], dup, pid)
         s.sent[i] = True
@@ -471,7 +474,7 @@ class Session:
                 j = s.oldest_unsent()
                 if j < 0:
                     break
-                self._send_slot(j, False, now)
+                self._send_slot(j, now)
         return None
 
     def _on_publish(self, flags, p, rem, now):

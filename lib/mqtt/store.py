@@ -28,8 +28,9 @@ class MemoryStore:
         self.topic = [None] * capacity
         self.msg = [None] * capacity
         self.seq = [0] * capacity   # acceptance order, for resends in order [MQTT-4.6.0-1]
-        # Per-connection bookkeeping for the session (not persistent state):
+        # Bookkeeping for the session (not persistent state):
         self.sent = [False] * capacity  # sent on the current connection
+        self.dup = [False] * capacity   # next PUBLISH of it is a re-delivery [MQTT-3.3.1-1]
         self.count = 0
         self._seq = 0
         self._last_pid = 0
@@ -67,7 +68,7 @@ class MemoryStore:
         self.msg[i] = msg
         self._seq += 1
         self.seq[i] = self._seq
-        self.sent[i] = False
+        self.sent[i] = self.dup[i] = False
         self.count += 1
         return i
 
