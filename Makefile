@@ -1,0 +1,88 @@
+# Fresh-machine toolchain (Debian 12 bookworm / 13 trixie). `make setup`, then `make test`.
+# Every step is cached: a second `make setup` only checks and takes seconds.
+#
+# Recipes see MICROPYTHON (build/bin/micropython, a symlink into the cache) and UMQTT_DIR.
+# Heavy artefacts live outside the repo in CACHE_DIR (override: make CACHE_DIR=...).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV := .venv
+
+ifndef CACHE_DIR
+CACHE_DIR := $(shell echo "$${XDG_CACHE_HOME:-$$HOME/.cache}/ringmqtt")
+endif
+CODENAME := $(shell . /etc/os-release 2>/dev/null && echo "$$VERSION_CODENAME")
+
+# MicroPython unix port, built from Debian 13's source package. The cache key holds the
+# Debian codename, the version and a hash of the build inputs (script, manifest, ssl.py), so
+# editing those rebuilds, while a fresh clone (new mtimes) reuses the cached binary.
+MPY_VERSION := 1.25.0
+MPY_INPUTS := tools/setup/build_micropython.sh $(sort $(wildcard tools/setup/micropython/*.py))
+MPY_HASH := $(shell sha256sum $(MPY_INPUTS) | sha256sum | cut -c1-10)
+MPY_PREFIX := $(CACHE_DIR)/micropython-$(MPY_VERSION)-$(CODENAME)-$(MPY_HASH)
+MPY_CACHED := $(MPY_PREFIX)/bin/micropython
+
+# The venv stamp is named after requirements.txt's content: it reinstalls when that changes.
+REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-12)
+VENV_STAMP := $(VENV)/.requirements-$(REQ_HASH).stamp
+
+UMQTT_FILES := build/umqtt/umqtt/simple.py build/umqtt/ussl.py
+
+export MICROPYTHON := $(CURDIR)/build/bin/micropython
+export UMQTT_DIR := $(CURDIR)/build/umqtt
+
+.PHONY: help setup apt venv micropython umqtt test run clean distclean
+
+help: ## List the targets
+	@echo "usage: make TARGET   (cache: $(CACHE_DIR))"
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | \
+		awk -F':.*## ' '{ printf "  %-12s %s\n", $$1, $$2 }'
+
+setup: apt venv micropython umqtt ## Everything below: apt + venv + micropython + umqtt
+
+apt: ## Install missing Debian packages (mosquitto, build tools, mbedTLS, python3-venv, openssl)
+	@tools/setup/apt.sh
+
+venv: $(VENV_STAMP) ## Python venv in .venv with the pinned requirements.txt
+
+$(VENV)/bin/python: | apt
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
+
+$(VENV_STAMP): | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	rm -f $(VENV)/.requirements-*.stamp
+	touch $@
+
+micropython: $(MPY_CACHED) ## MicroPython unix port with ssl + asyncio (cached), linked at build/bin/micropython
+	@mkdir -p build/bin
+	@if [ "$$(readlink build/bin/micropython)" != "$(MPY_CACHED)" ]; then \
+		ln -sfn "$(MPY_CACHED)" build/bin/micropython; \
+		echo "build/bin/micropython -> $(MPY_CACHED)"; \
+	fi
+
+$(MPY_CACHED): | apt
+	@[ -n "$(CODENAME)" ] || { echo "no VERSION_CODENAME in /etc/os-release" >&2; exit 1; }
+	tools/setup/build_micropython.sh "$(MPY_PREFIX)" "$(MPY_VERSION)" "$(CACHE_DIR)"
+
+umqtt: $(UMQTT_FILES) ## micropython-lib umqtt.simple 1.3.4 (sha256-checked) in build/umqtt
+
+$(UMQTT_FILES) &: tools/setup/fetch_umqtt.py | $(VENV)/bin/python
+	$(PYTHON) tools/setup/fetch_umqtt.py --cache-dir "$(CACHE_DIR)" --dest build/umqtt \
+		--pip-python $(VENV)/bin/python
+
+test: setup ## Run the host test suite
+	$(VENV)/bin/python -m pytest -q host_tests
+
+run: setup ## Run the demo (tools/run_demo.sh)
+	tools/run_demo.sh
+
+clean: ## Remove build/
+	rm -rf build
+
+distclean: clean ## Remove build/ and .venv (the cache in CACHE_DIR stays)
+	rm -rf $(VENV)

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Build the MicroPython unix port (with frozen ssl + asyncio, static mbedTLS) from Debian 13's
+# `micropython` source package, into PREFIX/bin/micropython.
+#
+#   usage: tools/setup/build_micropython.sh PREFIX VERSION CACHE_DIR
+#
+# PREFIX   final install directory (normally CACHE_DIR/micropython-VERSION-CODENAME-HASH);
+#          built in a temporary directory and renamed into place only when complete, so an
+#          interrupted build never leaves a PREFIX that looks finished.
+# VERSION  expected upstream version of the source package (e.g. 1.25.0).
+# CACHE_DIR holds the private apt state (CACHE_DIR/apt-SUITE) and the downloaded source
+#          package (CACHE_DIR/src), so a rebuild does not download again.
+#
+# The source comes through a private apt configuration; /etc/apt is never touched.
+# Environment: MPY_SOURCE_SUITE (default trixie), MPY_JOBS (default 2).
+set -euo pipefail
+
+if [ "$#" -ne 3 ]; then
+    echo "usage: $0 PREFIX VERSION CACHE_DIR" >&2
+    exit 2
+fi
+prefix=$1
+version=$2
+cache_dir=$3
+suite=${MPY_SOURCE_SUITE:-trixie}
+jobs=${MPY_JOBS:-2}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+manifest=$here/micropython/manifest.py
+
+log() { echo "build_micropython: $*"; }
+die() { echo "build_micropython: error: $*" >&2; exit 1; }
+
+if [ -x "$prefix/bin/micropython" ]; then
+    log "already built: $prefix/bin/micropython"
+    exit 0
+fi
+
+for tool in gcc make pkg-config python3 apt-get dpkg-source flock; do
+    command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found (run 'make apt' first)"
+done
+[ -f /usr/include/mbedtls/ssl.h ] || die "mbedTLS headers not found (run 'make apt' first)"
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+[ -f "$keyring" ] || die "$keyring not found (run 'make apt' first)"
+
+mkdir -p "$cache_dir"
+# One build at a time per cache (a second `make` waits, then finds the result).
+exec 9>"$cache_dir/.build-micropython.lock"
+flock 9
+if [ -x "$prefix/bin/micropython" ]; then
+    log "built meanwhile by another process: $prefix/bin/micropython"
+    exit 0
+fi
+# Leftovers of builds that were killed (we hold the lock, so none is running).
+rm -rf "$cache_dir"/.build-micropython-*
+
+# --- 1. the source package, through a private apt configuration --------------------------
+src_cache=$cache_dir/src
+find_dsc() {
+    # newest cached .dsc of this upstream version (any Debian revision)
+    ls -1 "$src_cache"/micropython_"$version"+ds*.dsc 2>/dev/null | sort -V | tail -n 1
+}
+dsc=$(find_dsc || true)
+if [ -z "$dsc" ]; then
+    aptdir=$cache_dir/apt-$suite
+    mkdir -p "$aptdir/lists/partial" "$aptdir/archives/partial" "$src_cache"
+    echo "deb-src [signed-by=$keyring] http://deb.debian.org/debian $suite main" \
+        > "$aptdir/sources.list"
+    apt_opts=(
+        -o "Dir::Etc::sourcelist=$aptdir/sources.list"
+        -o Dir::Etc::sourceparts=/nonexistent
+        -o "Dir::State::Lists=$aptdir/lists"
+        -o "Dir::Cache::archives=$aptdir/archives"
+        -o Dir::Cache::pkgcache=
+        -o Dir::Cache::srcpkgcache=
+        -o "APT::Sandbox::User=$(id -un)"
+    )
+    log "fetching the $suite source index (private apt state in $aptdir)"
+    apt-get -q "${apt_opts[@]}" update
+    dl=$(mktemp -d "$src_cache/.download-XXXXXX")
+    log "downloading the micropython source package"
+    (cd "$dl" && apt-get -q "${apt_opts[@]}" source --download-only micropython)
+    got=$(ls -1 "$dl"/micropython_*.dsc | head -n 1)
+    got_version=$(sed -n 's/^Version: //p' "$got")       # e.g. 1.25.0+ds-1
+    got_upstream=${got_version#*:}
+    got_upstream=${got_upstream%-*}
+    got_upstream=${got_upstream%%+*}
+    if [ "$got_upstream" != "$version" ]; then
+        rm -rf "$dl"
+        die "$suite now ships micropython $got_version, not $version: update MPY_VERSION in the Makefile"
+    fi
+    mv -f "$dl"/micropython_* "$src_cache"/
+    rm -rf "$dl" "$aptdir"   # the index is only needed for this download
+    dsc=$(find_dsc)
+fi
+log "source package: $dsc"
+
+# --- 2. build in a temporary directory --------------------------------------------------
+work=$(mktemp -d "$cache_dir/.build-micropython-XXXXXX")
+trap 'rm -rf "$work"' EXIT
+dpkg-source -q -x "$dsc" "$work/src" >/dev/null
+top=$work/src
+
+# mpy-cross first, in its own make: a command-line FROZEN_MANIFEST would otherwise leak into
+# it (undefined reference to mp_qstr_frozen_const_pool).
+log "building mpy-cross"
+make -C "$top/mpy-cross" -j"$jobs" >"$work/mpy-cross.log" 2>&1 || {
+    tail -n 40 "$work/mpy-cross.log" >&2; die "mpy-cross build failed"; }
+
+# The "+ds" source has no lib/{micropython-lib,axtls,berkeley-db-1.xx,libffi,mbedtls}: turn
+# those features off and link Debian's mbedTLS statically (the binary then needs only libc).
+log "building ports/unix (make -j$jobs)"
+make -C "$top/ports/unix" -j"$jobs" \
+    MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 MICROPY_PY_JNI=0 \
+    MICROPY_SSL_AXTLS=0 MICROPY_SSL_MBEDTLS=1 \
+    FROZEN_MANIFEST="$manifest" \
+    LDFLAGS_EXTMOD="-l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a" \
+    >"$work/unix.log" 2>&1 || { tail -n 40 "$work/unix.log" >&2; die "ports/unix build failed"; }
+
+binary=$top/ports/unix/build-standard/micropython
+[ -x "$binary" ] || die "no binary at $binary"
+
+# --- 3. check the result ----------------------------------------------------------------
+if ldd "$binary" | grep -i mbed >&2; then
+    die "binary links mbedTLS dynamically"
+fi
+"$binary" -c "import ssl, tls, asyncio, socket, select, json, hashlib; ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)" \
+    || die "built binary fails the import check"
+
+# --- 4. install atomically --------------------------------------------------------------
+stage=$work/prefix
+mkdir -p "$stage/bin"
+cp "$binary" "$stage/bin/micropython"
+{
+    echo "micropython $("$binary" -c 'import sys; print(sys.version)')"
+    echo "source: $(basename "$dsc") (Debian $suite)"
+    echo "built on: $(. /etc/os-release && echo "$PRETTY_NAME"), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "mbedTLS: $("$binary" -c 'import tls; print(tls.MBEDTLS_VERSION)')"
+} > "$stage/BUILDINFO"
+mkdir -p "$(dirname "$prefix")"
+mv -T "$stage" "$prefix"
+log "installed $prefix/bin/micropython"
+sed 's/^/  /' "$prefix/BUILDINFO"
