@@ -151,6 +151,8 @@ def test_outgoing_qos2_qos1_qos0_and_retain_flows_are_byte_exact(rt):
         c.expect(h("34 0d 00 04 74 2f 71 32 00 01 68 65 6c 6c 6f"))  # PUBLISH QoS 2 DUP 0 id 1
         c.send(h("50 02 00 01"))  # PUBREC
         c.expect(h("62 02 00 01"))  # PUBREL, flags 0b0010 [MQTT-3.6.1-1]
+        c.send(h("50 02 00 01"))  # PUBREC again (a broker retry): PUBREL again, never the PUBLISH
+        c.expect(h("62 02 00 01"))
         c.send(h("70 02 00 01"))  # PUBCOMP
         # QoS 1: DUP 0, a non-zero id (the spec leaves which one to the client)
         p1 = c.expect_packet(h("32 0a 00 04 74 2f 71 31 00 02 68 69"), any_pid=True)
@@ -240,6 +242,8 @@ try:
     except MQTTException as e:
         exc(e)
     print("SP", c.connect(clean_session=(ARG == "clean")))
+    if ARG == "new":
+        print("PID", c.publish("r/d", "four", qos=1))
     print("FLUSH", c.flush(3000))
     c.disconnect()
     print("DONE")
@@ -267,7 +271,7 @@ def first_session(fb):
 @pytest.mark.parametrize("drop", ["fin", "rst"])
 def test_reconnect_with_session_present_resends_dup_with_same_ids_and_pubrel(rt, drop):
     """[MQTT-4.4.0-1] [MQTT-4.6.0-1] [MQTT-4.3.3-1] [MQTT-3.3.1-1] [MQTT-2.3.1-3]"""
-    with FakeBroker() as fb, client(rt, RESEND, fb.port, "persistent") as ch:
+    with FakeBroker() as fb, client(rt, RESEND, fb.port, "new") as ch:
         c = fb.accept()
         c.expect(connect("fb-resend", clean=False))
         c.send(connack(0))
@@ -283,19 +287,22 @@ def test_reconnect_with_session_present_resends_dup_with_same_ids_and_pubrel(rt,
         c.expect(connect("fb-resend", clean=False))
         c.send(h("20 02 01 00"))  # session present
         got = c.read_packets(3)
-        c.expect_silence(0.3)  # nothing else: in particular never PUBLISH r/a again
         # PUBLISHes: original order, DUP=1, same ids; the PUBREC'd one: PUBREL only
         assert_packets([p for p in got if ptype(p) == 3],
                        [publish("r/b", "two", 1, pid=b, dup=True), publish("r/c", "three", 2, pid=cc, dup=True)],
                        "resent PUBLISHes")
         assert_packets([p for p in got if ptype(p) != 3], [pubrel(a)], "resent PUBREL")
-        c.send(pubcomp(a), puback(b), pubrec(cc))
+        # a new publication after the resends, with an id none of them holds [MQTT-2.3.1-2]
+        d = c.expect_packet(publish("r/d", "four", 1, pid=1), any_pid=True)
+        assert d not in (a, b, cc), "new message reuses id %d, still in use" % d
+        c.expect_silence(0.3)  # nothing else: in particular never PUBLISH r/a again
+        c.send(pubcomp(a), puback(b), pubrec(cc), puback(d))
         c.expect(pubrel(cc))
         c.send(pubcomp(cc))
         c.expect_disconnect()
         ch.finish()
     assert ch.lines("SP") == [("False",), ("True",)], ch.out
-    assert ch.lines("PID") == [(str(a),), (str(b),), (str(cc),)]
+    assert ch.lines("PID") == [(str(a),), (str(b),), (str(cc),), (str(d),)]
     assert ch.exception()[0] == "ConnectionLost", ch.out
     assert ch.lines("FLUSH") == [("True",)] and ch.lines("DONE") == [()], ch.out
 
@@ -425,7 +432,7 @@ def test_inbound_qos1_is_acked_with_its_id_and_a_resend_is_a_new_message(rt):
     DUP=1) is a new publication and is delivered again (at least once)."""
     with FakeBroker() as fb, client(rt, RECEIVER, fb.port) as ch:
         c = start(fb, "fb-rx")
-        c.send(h("32 08 00 05 69 6e 2f 71 31 01 02 61"))  # PUBLISH QoS 1 id 0x0102
+        c.send(h("32 0a 00 05 69 6e 2f 71 31 01 02 61"))  # PUBLISH QoS 1 id 0x0102
         c.expect(h("40 02 01 02"))
         c.send(publish("in/q1", "a", 1, pid=0x0102, dup=True))
         c.expect(h("40 02 01 02"))
@@ -540,6 +547,33 @@ def test_idle_client_sends_pingreq_after_keepalive(rt, loop):
     assert ch.lines("DONE") == [()], ch.out
 
 
+def test_incoming_traffic_does_not_replace_pingreq(rt):
+    """Keepalive counts what the CLIENT sends [MQTT-3.1.2-23]: a broker publishing QoS 0
+    every 0.25 s does not spare the client its PINGREQ."""
+    with FakeBroker() as fb, client(rt, KEEPALIVE, fb.port, "wait_msg-timeout") as ch:
+        c = fb.accept()
+        c.expect(connect("fb-ka", keepalive=1))
+        t0 = c.last_time
+        c.send(connack())
+        n = 0
+        while True:
+            try:
+                pkt = c.read_packet(timeout=0.25)
+                break
+            except AssertionError:
+                if c.eof or time.monotonic() - t0 > 3:
+                    raise
+            c.send(publish("news", str(n)))
+            n += 1
+        t1 = c.last_time
+        assert pkt == PINGREQ, describe(pkt)
+        assert 0.8 <= t1 - t0 <= 1.6, "PINGREQ %.3f s after CONNECT" % (t1 - t0)
+        c.send(PINGRESP, BYE)
+        c.expect_disconnect()
+        ch.finish()
+    assert len(ch.messages()) == n + 1 and ch.lines("DONE") == [()], ch.out
+
+
 def test_busy_client_sends_no_pingreq(rt):
     """A client that sends a packet every 0.3 s never needs PINGREQ with keepalive 1 s."""
     with FakeBroker() as fb, client(rt, KEEPALIVE, fb.port, "busy") as ch:
@@ -629,7 +663,7 @@ VIOLATIONS = [
     V("connack-session-present-for-clean-session", b"", P, first=h("20 02 01 00")),
     V("connack-refused-with-session-present", b"", P, first=h("20 02 01 05")),
     V("second-connack", connack(), P),
-    V("publish-qos3", h("36 07 00 01 61 00 01 78"), M),
+    V("publish-qos3", h("36 06 00 01 61 00 01 78"), M),
     V("publish-qos0-with-dup", h("38 04 00 01 61 78"), P),
     V("publish-topic-wildcard-plus", h("30 06 00 03 61 2f 2b 78"), P),
     V("publish-topic-wildcard-hash", h("30 06 00 03 61 2f 23 78"), P),

@@ -128,7 +128,12 @@ def wrap_tls(s, server, params, timeout_ms):
             ctx.load_cert_chain(cert, params.get("keyfile") or params.get("key"))
     s.setblocking(True)
     s.settimeout(timeout_ms / 1000)
-    t = ctx.wrap_socket(s, server_hostname=hostname)
+    try:
+        t = ctx.wrap_socket(s, server_hostname=hostname)
+    except ValueError as e:
+        # MicroPython reports a failed verification as ValueError; make it an OSError
+        # like CPython's SSLCertVerificationError, so callers catch one kind.
+        raise OSError("TLS handshake failed: %s" % e)
     t.setblocking(False)
     return t
 
