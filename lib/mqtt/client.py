@@ -15,8 +15,10 @@ from .store import MemoryStore
 class MQTTClient:
     def __init__(self, client_id, server, port=0, user=None, password=None, keepalive=0,
                  ssl=False, ssl_params={}, *, store=None, window=16, max_packet=16384,
-                 timeout_ms=10000, ping_timeout_ms=0, trace=None):
-        """store: None (RAM) or a path (flash ring file, see store.py).
+                 timeout_ms=10000, ping_timeout_ms=0, trace=None, ring_size=32768,
+                 ring_capacity=64, sync_every=1):
+        """store: None (RAM), a path (flash ring file, see ring.py: ring_size bytes,
+          ring_capacity messages, sync_every records per flush) or a store object.
         window: QoS 1/2 messages in flight before publish() waits for acks.
         max_packet: largest packet accepted from the broker; larger ones close the link.
         timeout_ms: bound on every blocking step (connect, TLS, acks awaited by a call).
@@ -41,7 +43,8 @@ class MQTTClient:
         elif isinstance(store, str):
             from .ring import RingStore  # only loaded when a flash store is asked for
 
-            store = RingStore(store)
+            store = RingStore(store, ring_size, ring_capacity, sync_every,
+                              log=trace)
         self.store = store
         self.session = Session(store, window, max_packet, ping_timeout_ms)
         self.session.trace = trace
@@ -121,9 +124,12 @@ class MQTTClient:
     def publish(self, topic, msg, retain=False, qos=0):
         """Returns once the message is accepted: QoS 0 written to the socket, QoS 1/2
         recorded in the store.  Waits (processing acks) only while the window is full.
-        Returns the packet id (0 for QoS 0)."""
-        self._check()
+        Returns the packet id (0 for QoS 0).  With a flash store, QoS 1/2 are accepted
+        while disconnected too; they go out after the next connect()."""
         sess = self.session
+        if self.sock is None and qos and getattr(self.store, "persistent", False):
+            return sess.publish(topic, msg, qos, retain, ticks_ms())
+        self._check()
         if qos and sess.window_full():
             start = ticks_ms()
             while sess.window_full():
@@ -278,6 +284,7 @@ class MQTTClient:
         self._flush_tx(now, self.timeout_ms)
         got = self._drain()
         if not got and timeout_ms:
+            self.store.commit()  # group commit: sync before idling
             nt = sess.next_timer(now)
             w = timeout_ms if nt < 0 else nt if timeout_ms < 0 else min(nt, timeout_ms)
             if compat.wait(self._poll_in, w):

@@ -147,7 +147,7 @@ class Session:
         password = _b(password)
         self.reset()
         if clean_session:
-            self.store.clear()  # [MQTT-3.1.2-6]
+            self.store.discard_session()  # [MQTT-3.1.2-6]
         self._clean = clean_session
         self.keepalive_ms = keepalive * 1000
         size, _ = connect_size(client_id, will, user, password)

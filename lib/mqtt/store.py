@@ -18,6 +18,8 @@ class StoreFull(Exception):
 
 
 class MemoryStore:
+    persistent = False
+
     def __init__(self, capacity=16):
         self.capacity = capacity
         # Slot arrays; pid 0 marks a free slot ([MQTT-2.3.1-1]: ids are non-zero).
@@ -50,10 +52,7 @@ class MemoryStore:
     # -- outgoing --------------------------------------------------------------
     def find(self, pid):
         p = self.pid
-        for i in range(self.capacity):
-            if p[i] == pid:
-                return i
-        return -1
+        return p.index(pid) if pid in p else -1  # both scans run in C
 
     def add(self, pid, qos, retain, topic, msg):
         """Record an accepted QoS 1/2 message; returns its slot.  Raises StoreFull."""
@@ -112,8 +111,15 @@ class MemoryStore:
                 self.remove(i)
         self.inbound = []
 
+    def discard_session(self):
+        """clean_session=1: the whole session goes [MQTT-3.1.2-6]."""
+        self.clear()
+
     def clear_inbound(self):
         self.inbound = []
+
+    def commit(self):
+        pass
 
     def close(self):
         pass
