@@ -1,27 +1,41 @@
 # MQTTClient: the blocking front end.  It owns the socket and the clock and moves
 # bytes between them and the sans-I/O Session.  Every wait is a poll() with a
-# bound, so no call blocks longer than `timeout_ms` (wait_msg() waits for a
-# message by design, but still sends PINGREQ and notices a dead link).
+# bound, so no call blocks longer than `timeout_ms` (wait_msg() without a timeout
+# waits for a message by design, but still pings and notices a dead link).
+#
+# With reconnect=True a lost link is not an error for the app: the client closes it,
+# and re-connects on a back-off schedule from inside the calls the app already makes
+# (publish, check_msg, wait_msg, flush), resending per §4.4 and re-subscribing when
+# the broker lost the session.  Nothing sleeps longer than the caller allows.
 #
 # A superset of umqtt.simple's MQTTClient: code written for umqtt runs unchanged.
 
 from . import compat
-from .compat import ticks_ms, ticks_diff
+from .compat import ticks_ms, ticks_diff, ticks_add, sleep_ms
 from .codec import MQTTException, ProtocolError
 from .session import Session, ConnectionLost, CONNECTED, MESSAGE, SUBACKED, UNSUBACKED
-from .store import MemoryStore
+from .store import MemoryStore, StoreFull
+from .backoff import Backoff
+
+# What a lost or broken link raises; with reconnect=True these are absorbed.
+LINK_ERRORS = (OSError, ConnectionLost, ProtocolError)
 
 
 class MQTTClient:
     def __init__(self, client_id, server, port=0, user=None, password=None, keepalive=0,
                  ssl=False, ssl_params={}, *, store=None, window=16, max_packet=16384,
-                 timeout_ms=10000, ping_timeout_ms=0, trace=None, ring_size=32768,
-                 ring_capacity=64, sync_every=1):
+                 timeout_ms=10000, ping_timeout_ms=0, ack_timeout_ms=10000, retries=1,
+                 reconnect=False, backoff_ms=250, backoff_cap_ms=10000, trace=None,
+                 ring_size=32768, ring_capacity=64, sync_every=1):
         """store: None (RAM), a path (flash ring file, see ring.py: ring_size bytes,
           ring_capacity messages, sync_every records per flush) or a store object.
         window: QoS 1/2 messages in flight before publish() waits for acks.
         max_packet: largest packet accepted from the broker; larger ones close the link.
-        timeout_ms: bound on every blocking step (connect, TLS, acks awaited by a call).
+        timeout_ms: bound on every blocking step (connect, TLS, SUBACK, a full window).
+        ack_timeout_ms / retries: an unacknowledged QoS 1 PUBLISH or PUBREL is resent
+          (DUP) up to `retries` times, then the link is declared dead (see session.py).
+        reconnect: re-connect automatically (back-off from backoff_ms doubling to
+          backoff_cap_ms, with jitter, reset after each CONNACK).
         trace: callable(str) that gets a line for every packet sent and received."""
         if port == 0:
             port = 8883 if ssl else 1883
@@ -43,17 +57,29 @@ class MQTTClient:
         elif isinstance(store, str):
             from .ring import RingStore  # only loaded when a flash store is asked for
 
-            store = RingStore(store, ring_size, ring_capacity, sync_every,
-                              log=trace)
+            store = RingStore(store, ring_size, ring_capacity, sync_every, log=trace)
         self.store = store
-        self.session = Session(store, window, max_packet, ping_timeout_ms)
+        self.session = Session(store, window, max_packet, ping_timeout_ms, ack_timeout_ms, retries)
         self.session.trace = trace
+        self.trace = trace
         self._poll_in = None
         self._poll_out = None
         self._suback = None
         # False: hold received PUBLISH back (neither delivered nor acknowledged, so the
         # broker keeps them), e.g. while finishing flows before disconnecting.
         self.deliver = True
+        # reconnect state
+        self.reconnect = reconnect
+        self.backoff = Backoff(backoff_ms, backoff_cap_ms)
+        self._clean = True
+        self._subs = []       # [(topic, qos)] to restore when the broker lost the session
+        self._resub = False   # a SUBSCRIBE was cut off: restore even if the session survived
+        self._down = False    # link lost, re-connecting (reconnect=True)
+        self._next_try = 0
+        self.reconnects = 0   # successful re-connections
+        self.dropped = 0      # QoS 0 messages dropped while the link was down
+        self.last_error = None
+        self._progress = ticks_ms()
 
     # ---- umqtt.simple API ----------------------------------------------------
     def set_callback(self, f, details=False):
@@ -68,9 +94,156 @@ class MQTTClient:
 
     def connect(self, clean_session=True, timeout_ms=None):
         """Open the connection and wait for CONNACK; returns session present (bool).
-        Raises ConnectRefused (an MQTTException) when the broker refuses."""
+        Raises ConnectRefused (an MQTTException) when the broker refuses, OSError when
+        the broker cannot be reached.  With reconnect=True the client keeps trying in
+        the background after such a failure (the error is still raised)."""
+        self._clean = clean_session
+        self._down = False
+        try:
+            return self._connect(self.timeout_ms if timeout_ms is None else timeout_ms, False)
+        except Exception as e:
+            if self.reconnect and isinstance(e, LINK_ERRORS + (MQTTException,)):
+                self._go_down(e)
+            raise
+
+    def disconnect(self, timeout_ms=None):
+        """Finish in-flight QoS 1/2 flows (bounded), send DISCONNECT and close.
+        What is left unfinished stays in the store for the next persistent session."""
+        self._down = False
+        if self.sock is None:
+            return
+        try:
+            if self.session.connected:
+                self._flush(self.timeout_ms if timeout_ms is None else timeout_ms)
+            self.session.disconnect(ticks_ms())
+            self._flush_tx(ticks_ms(), 1000)
+        except LINK_ERRORS:
+            pass
         self._close()
+        self.store.commit()
+
+    def ping(self):
+        if self._up():
+            self.session.ping(ticks_ms())
+            self._guard(self._flush_tx, ticks_ms(), self.timeout_ms)
+        elif not self._down:
+            self._check()
+
+    def publish(self, topic, msg, retain=False, qos=0):
+        """Returns once the message is accepted: QoS 0 written to the socket, QoS 1/2
+        recorded in the store.  Waits (processing acks) only while the window is full.
+        Returns the packet id (0 for QoS 0).
+        While the link is down (reconnect=True, or any time with a flash store) QoS 1/2
+        messages are accepted into the store and go out after the next CONNACK; if the
+        store is full this waits up to timeout_ms for the link, then raises StoreFull.
+        QoS 0 messages are dropped while the link is down (at most once; counted)."""
+        sess = self.session
+        if not self._up():
+            if qos == 0:
+                if not (self.reconnect or self._down):
+                    self._check()
+                self.dropped += 1
+                return 0
+            if not (self.reconnect or getattr(self.store, "persistent", False)):
+                self._check()
+            start = ticks_ms()
+            while self.store.count >= self.store.capacity and not self._up():
+                left = self.timeout_ms - ticks_diff(ticks_ms(), start)
+                if left <= 0:
+                    raise StoreFull("store full (%d messages) and no connection" % self.store.count)
+                self._sleep_until_retry(left)
+            if not self.is_connected():
+                return sess.publish(topic, msg, qos, retain, ticks_ms())
+        if qos and sess.window_full():
+            start = ticks_ms()
+            while sess.window_full() and self.is_connected():
+                left = self.timeout_ms - ticks_diff(ticks_ms(), start)
+                if left <= 0:
+                    self._link_lost(ConnectionLost("timed out waiting for the in-flight window to open"))
+                    break
+                self._guard(self._pump, left)
+        pid = sess.publish(topic, msg, qos, retain, ticks_ms())
+        if self.is_connected():
+            self._guard(self._flush_tx, ticks_ms(), self.timeout_ms)
+        return pid
+
+    def subscribe(self, topic, qos=0):
+        """Subscribe and wait for SUBACK; returns the granted QoS (a list for a list of
+        (topic, qos)).  Raises MQTTException when the broker answers 0x80 (failure).
+        The subscription is remembered and restored after a reconnect that lost it."""
+        topics = topic if isinstance(topic, list) else [(topic, qos)]
+        if not self._up():
+            self._check()
+        for t, q in topics:
+            self._subs = [s for s in self._subs if s[0] != t] + [(t, q)]
+        self._resub = True
+        codes = self._guard(self._subscribe, topics)
+        if codes is False:
+            return None  # link lost (reconnect=True): restored after the next CONNACK
+        self._resub = False
+        return codes[0] if len(codes) == 1 else codes
+
+    def unsubscribe(self, topic):
+        topics = topic if isinstance(topic, list) else [topic]
+        self._check()
+        self._request(self.session.unsubscribe(topics, ticks_ms()), "UNSUBACK")
+        self._subs = [s for s in self._subs if s[0] not in topics]
+
+    def check_msg(self):
+        """Process whatever has arrived, without waiting; delivers messages to the callback."""
+        if self._up():
+            self._guard(self._pump, 0)
+        elif not self._down:
+            self._check()
+
+    def wait_msg(self, timeout_ms=-1):
+        """Wait for and process at least one packet from the broker (umqtt), or with
+        timeout_ms >= 0 at most that long; returns True when a packet was handled."""
+        start = ticks_ms()
+        while True:
+            left = -1 if timeout_ms < 0 else timeout_ms - ticks_diff(ticks_ms(), start)
+            if not self._up():
+                if not self._down:
+                    self._check()
+                if left == 0:
+                    return False
+                self._sleep_until_retry(left)
+                continue
+            if self._guard(self._pump, max(left, 0) if timeout_ms >= 0 else -1):
+                return True
+            if timeout_ms >= 0 and timeout_ms - ticks_diff(ticks_ms(), start) <= 0:
+                return False
+
+    def flush(self, timeout_ms=None):
+        """Drive I/O until nothing is in flight in either direction (True) or timeout
+        (False).  With reconnect=True this includes re-connecting."""
         t = self.timeout_ms if timeout_ms is None else timeout_ms
+        if not (self.reconnect or self._down):
+            self._check()
+        return self._flush(t)
+
+    # ---- extras ----------------------------------------------------------------
+    def is_connected(self):
+        return self.sock is not None and self.session.connected
+
+    def in_flight(self):
+        return self.store.count
+
+    def progress_within(self, ms):
+        """True if the protocol made progress in the last `ms`: a packet arrived, a
+        connect attempt completed, or nothing was owed.  Feed a watchdog only then."""
+        if self.is_connected() and not self.session.busy():
+            self._progress = ticks_ms()
+        return ticks_diff(ticks_ms(), self._progress) < ms
+
+    def close(self):
+        """Drop the socket without DISCONNECT (the broker will publish the will)."""
+        self._down = False
+        self._close()
+
+    # ---- connection management --------------------------------------------------
+    def _connect(self, t, resubscribe):
+        self._close()
         start = ticks_ms()
         s = compat.open_tcp(self.server, self.port, t)
         try:
@@ -89,112 +262,97 @@ class MQTTClient:
         self._poll_out = compat.poller(s, compat.POLLOUT)
         sess = self.session
         try:
-            sess.connect(self.client_id, clean_session, self.keepalive, ticks_ms(), self.lw,
+            sess.connect(self.client_id, self._clean, self.keepalive, ticks_ms(), self.lw,
                          self.user, self.pswd if self.user is not None else None)
             self._flush_tx(start, t)
             while True:
                 ev = self._next(start, t)
                 if ev[0] == CONNECTED:
                     break
+            self.backoff.reset()  # after each successful CONNACK
+            self._progress = ticks_ms()
             self._flush_tx(start, t)  # resends queued by the session [MQTT-4.4.0-1]
-            return bool(ev[1])
+            sp = bool(ev[1])
+            if resubscribe and self._subs and (not sp or self._resub):
+                self._subscribe(self._subs)
+            self._resub = False
+            return sp
         except BaseException:
             self._close()
             raise
 
-    def disconnect(self, timeout_ms=None):
-        """Finish in-flight QoS 1/2 flows (bounded), send DISCONNECT and close.
-        What is left unfinished stays in the store for the next persistent session."""
-        if self.sock is None:
-            return
-        try:
-            if self.session.connected:
-                self.flush(self.timeout_ms if timeout_ms is None else timeout_ms)
-            self.session.disconnect(ticks_ms())
-            self._flush_tx(ticks_ms(), 1000)
-        except (OSError, MQTTException):
-            pass
+    def _go_down(self, e):
+        """The link is gone (reconnect=True): schedule the next attempt."""
         self._close()
+        self._down = True
+        self.last_error = e
+        self._next_try = ticks_add(ticks_ms(), self.backoff.next_ms())
+        if self.trace:
+            self.trace("link down (%s); next attempt in %d ms" % (e, ticks_diff(self._next_try, ticks_ms())))
 
-    def ping(self):
-        self._check()
-        self.session.ping(ticks_ms())
-        self._flush_tx(ticks_ms(), self.timeout_ms)
+    def _link_lost(self, e):
+        if not self.reconnect:
+            self._close()
+            raise e
+        self._go_down(e)
 
-    def publish(self, topic, msg, retain=False, qos=0):
-        """Returns once the message is accepted: QoS 0 written to the socket, QoS 1/2
-        recorded in the store.  Waits (processing acks) only while the window is full.
-        Returns the packet id (0 for QoS 0).  With a flash store, QoS 1/2 are accepted
-        while disconnected too; they go out after the next connect()."""
-        sess = self.session
-        if self.sock is None and qos and getattr(self.store, "persistent", False):
-            return sess.publish(topic, msg, qos, retain, ticks_ms())
-        self._check()
-        if qos and sess.window_full():
-            start = ticks_ms()
-            while sess.window_full():
-                self._io(start, self.timeout_ms, "the in-flight window to open")
-        pid = sess.publish(topic, msg, qos, retain, ticks_ms())
-        self._flush_tx(ticks_ms(), self.timeout_ms)
-        return pid
+    def _guard(self, f, *args):
+        """Run an I/O step; a lost link raises, or with reconnect=True goes down
+        (and the step returns False)."""
+        try:
+            return f(*args)
+        except LINK_ERRORS as e:
+            if self.sock is not None:
+                self._close()
+            self._link_lost(e)
+            return False
 
-    def subscribe(self, topic, qos=0):
-        """Subscribe and wait for SUBACK; returns the granted QoS.  Raises
-        MQTTException when the broker answers 0x80 (failure)."""
-        topics = topic if isinstance(topic, list) else [(topic, qos)]
-        codes = self._request(self.session.subscribe(topics, ticks_ms()), "SUBACK")
-        for c in codes:
-            if c == 0x80:
-                raise MQTTException("subscription refused by the broker (SUBACK 0x80)")
-        return codes[0] if len(codes) == 1 else codes
-
-    def unsubscribe(self, topic):
-        topics = topic if isinstance(topic, list) else [topic]
-        self._request(self.session.unsubscribe(topics, ticks_ms()), "UNSUBACK")
-
-    def check_msg(self):
-        """Process whatever has arrived, without waiting; delivers messages to the callback."""
-        self._check()
-        self._pump(0)
-
-    def wait_msg(self, timeout_ms=-1):
-        """Wait for and process at least one packet from the broker (umqtt), or with
-        timeout_ms >= 0 at most that long; returns True when a packet was handled."""
-        self._check()
-        if timeout_ms < 0:
-            while not self._pump(-1):
-                pass
+    def _up(self):
+        """True when connected; while down, makes one (bounded) attempt if it is due."""
+        if self.is_connected():
             return True
-        start = ticks_ms()
-        while True:
-            left = timeout_ms - ticks_diff(ticks_ms(), start)
-            if self._pump(max(left, 0)):
-                return True
-            if left <= 0:
-                return False
+        if not self._down:
+            return False
+        if ticks_diff(ticks_ms(), self._next_try) < 0:
+            return False
+        try:
+            self._connect(self.timeout_ms, True)
+        except Exception as e:
+            if not isinstance(e, LINK_ERRORS + (MQTTException,)):
+                raise
+            self._progress = ticks_ms()  # an attempt completed: the loop is alive
+            self._go_down(e)
+            return False
+        self._down = False
+        self.reconnects += 1
+        return True
 
-    def flush(self, timeout_ms=None):
-        """Drive I/O until nothing is in flight in either direction (True) or timeout (False)."""
-        self._check()
-        t = self.timeout_ms if timeout_ms is None else timeout_ms
+    def _sleep_until_retry(self, left):
+        """Wait (at most `left` ms, -1 = as needed) for the next reconnect attempt, then try it."""
+        if not self._down:
+            if left > 0:
+                sleep_ms(left)
+            return
+        d = max(0, ticks_diff(self._next_try, ticks_ms()))
+        if left >= 0:
+            d = min(d, left)
+        if d:
+            sleep_ms(d)
+        self._up()
+
+    def _flush(self, t):
         start = ticks_ms()
-        while self.session.busy():
+        while self.session.busy() or (self._down and self.store.count):
             left = t - ticks_diff(ticks_ms(), start)
             if left <= 0:
                 return False
-            self._pump(left)
+            if self._up():
+                self._guard(self._pump, left)
+            elif self._down:
+                self._sleep_until_retry(left)
+            else:
+                return False
         return True
-
-    # ---- extras ----------------------------------------------------------------
-    def is_connected(self):
-        return self.sock is not None and self.session.connected
-
-    def in_flight(self):
-        return self.store.count
-
-    def close(self):
-        """Drop the socket without DISCONNECT (the broker will publish the will)."""
-        self._close()
 
     # ---- I/O --------------------------------------------------------------------
     def _check(self):
@@ -245,6 +403,7 @@ class MQTTClient:
         if n < 0:
             return False
         sess.received(n)
+        self._progress = ticks_ms()
         return True
 
     def _next(self, start, t):
@@ -277,7 +436,7 @@ class MQTTClient:
 
     def _pump(self, timeout_ms):
         """One round of I/O: write pending output, wait up to timeout_ms (-1: until the
-        next keepalive timer) for input, handle every complete packet, run timers.
+        next timer) for input, handle every complete packet, run timers.
         Returns True when anything was received."""
         sess = self.session
         now = ticks_ms()
@@ -318,21 +477,23 @@ class MQTTClient:
                 return got
             got = True
 
-    def _io(self, start, t, what):
-        left = t - ticks_diff(ticks_ms(), start)
-        if left <= 0:
-            self._fail(ConnectionLost("timed out waiting for " + what))
-        self._pump(left)
+    def _subscribe(self, topics):
+        codes = self._request(self.session.subscribe(topics, ticks_ms()), "SUBACK")
+        for c in codes:
+            if c == 0x80:
+                raise MQTTException("subscription refused by the broker (SUBACK 0x80)")
+        return codes
 
     def _request(self, pid, what):
-        """Send the queued SUBSCRIBE/UNSUBSCRIBE and wait for its ack."""
-        self._check()
+        """Send the queued SUBSCRIBE/UNSUBSCRIBE and wait (bounded) for its ack."""
         self._suback = None
         start = ticks_ms()
         self._flush_tx(start, self.timeout_ms)
         while self._suback is None or self._suback[1] != pid:
-            self._io(start, self.timeout_ms, what)
+            left = self.timeout_ms - ticks_diff(ticks_ms(), start)
+            if left <= 0:
+                self._fail(ConnectionLost("timed out waiting for " + what))
+            self._pump(left)
         ev = self._suback
         self._suback = None
         return ev[2] if ev[0] == SUBACKED else None
-

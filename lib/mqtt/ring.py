@@ -365,11 +365,6 @@ class RingStore(MemoryStore):
         self.inloc = {}
         self._cached = 0
 
-    def discard_session(self):
-        """A clean session: the broker forgets our ids, but accepted messages are kept
-        and re-sent as new publications (never dropped)."""
-        self.clear_inbound()
-
     # ---- recovery -------------------------------------------------------------------
     def _recover(self, length):
         f = self._f

@@ -32,7 +32,7 @@ from .codec import (
     publish_size, connect_size, subscribe_size, unsubscribe_size, get_header, get_u16, check_utf8,
 )
 from .store import AWAIT_PUBACK, AWAIT_PUBREC, AWAIT_PUBCOMP
-from .compat import ticks_diff
+from .compat import ticks_diff, ticks_add
 
 # Events returned by next_event()
 CONNECTED = 1      # (CONNECTED, session_present)
@@ -81,11 +81,14 @@ def _b(s):
 
 
 class Session:
-    def __init__(self, store, window=16, max_packet=16384, ping_timeout_ms=0):
+    def __init__(self, store, window=16, max_packet=16384, ping_timeout_ms=0,
+                 ack_timeout_ms=10000, retries=1):
         self.store = store
         self.window = window
         self.max_packet = max_packet  # largest packet accepted from the broker, header included
         self.ping_timeout_ms = ping_timeout_ms
+        self.ack_timeout_ms = ack_timeout_ms  # 0: no ack deadline
+        self.retries = retries  # in-session resends of a QoS 1 PUBLISH or a PUBREL
         self.trace = None  # callable(str) to log every packet, or None
         self.tx = bytearray(256)
         self._txoff = 0
@@ -102,6 +105,8 @@ class Session:
         self._clean = True
         self._last_tx = 0
         self._ping_at = None
+        self._deadline = None  # earliest ack deadline of anything in flight
+        self.resends = 0       # in-session resends so far (for reports)
 
     # ---- output ---------------------------------------------------------------
     def _room(self, n, now):
@@ -165,6 +170,7 @@ class Session:
         self.inflight = 0
         self.pending = {}
         self._ping_at = None
+        self._deadline = None
         s = self.store
         for i in range(s.capacity):
             s.sent[i] = False
@@ -249,9 +255,14 @@ class Session:
 
     # ---- timers -----------------------------------------------------------------
     def tick(self, now):
-        """Run the keepalive: PINGREQ when nothing was sent for keepalive [MQTT-3.1.2-23];
-        raises ConnectionLost when a PINGRESP is overdue."""
-        if not self.connected or not self.keepalive_ms:
+        """Run the timers.  Keepalive: PINGREQ when nothing was sent for keepalive
+        [MQTT-3.1.2-23]; ConnectionLost when a PINGRESP is overdue.  Ack deadlines:
+        see _retransmit."""
+        if not self.connected:
+            return
+        if self._deadline is not None and ticks_diff(now, self._deadline) >= 0:
+            self._retransmit(now)
+        if not self.keepalive_ms:
             return
         if self._ping_at is not None:
             limit = self.ping_timeout_ms or self.keepalive_ms
@@ -262,12 +273,48 @@ class Session:
 
     def next_timer(self, now):
         """ms until tick() has something to do (-1: nothing scheduled)."""
-        if not self.connected or not self.keepalive_ms:
+        if not self.connected:
             return -1
-        if self._ping_at is not None:
-            due = self.ping_timeout_ms or self.keepalive_ms
-            return max(0, due - ticks_diff(now, self._ping_at))
-        return max(0, self.keepalive_ms - ticks_diff(now, self._last_tx))
+        t = -1
+        if self._deadline is not None:
+            t = max(0, ticks_diff(self._deadline, now))
+        if self.keepalive_ms:
+            if self._ping_at is not None:
+                k = (self.ping_timeout_ms or self.keepalive_ms) - ticks_diff(now, self._ping_at)
+            else:
+                k = self.keepalive_ms - ticks_diff(now, self._last_tx)
+            k = max(0, k)
+            t = k if t < 0 else min(t, k)
+        return t
+
+    def _retransmit(self, now):
+        """An ack deadline passed: the link is dead or congested.  Resend a QoS 1
+        PUBLISH (DUP=1, same id) or a PUBREL up to `retries` times in this session, as
+        3.1.1 permits; a QoS 2 PUBLISH is never resent in-session (Mosquitto drops a
+        client that sends the same QoS 2 PUBLISH again before PUBREL, and only the
+        reconnect resend [MQTT-4.4.0-1] is safe).  Otherwise raise ConnectionLost so the
+        front end reconnects and resends per §4.4.  At most `window` entries are in
+        flight, so resends are bounded and never storm."""
+        s = self.store
+        limit = self.ack_timeout_ms
+        nxt = None
+        for i in range(s.capacity):
+            if not (s.pid[i] and s.sent[i]):
+                continue
+            due = ticks_add(s.sent_at[i], limit)
+            if ticks_diff(now, due) >= 0:
+                st = s.state[i]
+                if st == AWAIT_PUBREC or s.tries[i] >= self.retries:
+                    raise ConnectionLost("no %s for packet id %d within %d ms" % (
+                        ("PUBACK", "PUBREC", "PUBCOMP")[st - 1], s.pid[i], limit))
+                s.tries[i] += 1
+                self.resends += 1
+                self.inflight -= 1
+                self._send_slot(i, now)  # DUP=1: it was sent before
+                due = ticks_add(now, limit)
+            if nxt is None or ticks_diff(due, nxt) < 0:
+                nxt = due
+        self._deadline = nxt
 
     # ---- input ------------------------------------------------------------------
     def rx_space(self):
@@ -443,7 +490,15 @@ class Session:
             if self.trace:
                 self._trace_pub(">", topic, msg, q, s.retain[i], dup, pid)
         s.sent[i] = True
+        s.sent_at[i] = now
         self.inflight += 1
+        self._arm(now)
+
+    def _arm(self, now):
+        if self.ack_timeout_ms:
+            due = ticks_add(now, self.ack_timeout_ms)
+            if self._deadline is None or ticks_diff(due, self._deadline) < 0:
+                self._deadline = due
 
     def _on_ack(self, ptype, pid, now):
         s = self.store
@@ -460,10 +515,13 @@ class Session:
         if new:
             if new != state:
                 s.set_state(i, new)
+                s.tries[i] = 0
             self._ack(PUBREL, pid, now)  # [MQTT-4.6.0-4] in PUBREC arrival order
+            s.sent_at[i] = now  # the PUBCOMP deadline starts now
             if not s.sent[i]:
                 s.sent[i] = True
                 self.inflight += 1
+            self._arm(now)
             return None
         if s.sent[i]:
             self.inflight -= 1

@@ -33,6 +33,8 @@ class MemoryStore:
         # Bookkeeping for the session (not persistent state):
         self.sent = [False] * capacity  # sent on the current connection
         self.dup = [False] * capacity   # next PUBLISH of it is a re-delivery [MQTT-3.3.1-1]
+        self.sent_at = [0] * capacity   # when its PUBLISH/PUBREL last went out (ms)
+        self.tries = [0] * capacity     # in-session resends of the current step
         self.count = 0
         self._seq = 0
         self._last_pid = 0
@@ -68,6 +70,7 @@ class MemoryStore:
         self._seq += 1
         self.seq[i] = self._seq
         self.sent[i] = self.dup[i] = False
+        self.tries[i] = 0
         self.count += 1
         return i
 
