@@ -17,7 +17,7 @@ def _add_lib_path():
 
 _add_lib_path()
 
-from mqtt import MQTTClient, MQTTException, ConnectRefused, ProtocolError, ConnectionLost  # noqa: E402
+from mqtt import MQTTClient, MQTTException, ConnectRefused, ProtocolError  # noqa: E402
 from mqtt.backoff import Backoff  # noqa: E402
 from mqtt.compat import random_hex, ticks_ms, ticks_diff, sleep_ms  # noqa: E402
 
@@ -132,63 +132,55 @@ def make_client(o):
     trace = None
     if o["debug"]:
         trace = err
+    # -c: the client re-connects by itself (back-off reset after each CONNACK),
+    # resends per §4.4 and restores subscriptions the broker lost.
     c = MQTTClient(o["id"], o["host"], o["port"], o["user"], o["password"], o["keepalive"],
-                   ssl=bool(o["cafile"]), ssl_params=ssl_params, store=o["store"], trace=trace)
+                   ssl=bool(o["cafile"]), ssl_params=ssl_params, store=o["store"], trace=trace,
+                   reconnect=o["persist"])
     if o["will_topic"]:
         c.set_last_will(o["will_topic"], o["will_payload"], o["will_retain"], o["will_qos"])
     return c
 
 
 class Runner:
-    """Connects, and with -c reconnects with back-off, resuming the session."""
+    """The first connection (retried with back-off under -c); later losses are
+    handled inside the client when -c is given, and end the command otherwise."""
 
     def __init__(self, o):
         self.o = o
         self.c = make_client(o)
         self.backoff = Backoff()
-        self.subscribed = False
 
     def connect(self):
         o = self.o
         while True:
             try:
-                sp = self.c.connect(clean_session=not o["persist"])
-                self.backoff.reset()  # reset after each successful CONNACK
-                if o["cmd"] == "sub" and (not sp or not self.subscribed):
-                    self.subscribe()
-                return
+                self.c.connect(clean_session=not o["persist"])
+                break
             except (ConnectRefused, ProtocolError):
                 raise
-            except (OSError, ConnectionLost) as e:
+            except (OSError, MQTTException) as e:
                 if not o["persist"]:
                     raise
                 d = self.backoff.next_ms()
                 if o["debug"]:
                     err("connect failed (%s); retrying in %d ms" % (e, d))
                 sleep_ms(d)
+        if o["cmd"] == "sub":
+            self.subscribe()
 
     def subscribe(self):
         q = self.o["qos"]
-        granted = self.c.subscribe([(t, q) for t in self.o["topics"]])
-        if not isinstance(granted, (list, bytes, bytearray)):
-            granted = [granted]
-        for t, g in zip(self.o["topics"], granted):
-            if g == 0x80:
-                raise MQTTException("subscription to %r refused by the broker (SUBACK 0x80)" % t)
-        self.subscribed = True
+        while True:
+            granted = self.c.subscribe([(t, q) for t in self.o["topics"]])
+            if granted is not None:
+                return
+            self.c.wait_msg(1000)  # -c and the link dropped: restored on reconnect
 
     def run(self, step):
-        """Call step() until it raises Done; with -c survive connection loss."""
+        """Call step() until it raises Done."""
         while True:
-            try:
-                step()
-            except (ConnectionLost, OSError) as e:
-                if not self.o["persist"]:
-                    raise
-                if self.o["debug"]:
-                    err("connection lost (%s); reconnecting" % e)
-                self.c.close()
-                self.connect()
+            step()
 
 
 def _stdin_lines():
@@ -231,10 +223,13 @@ def pub(o):
                     break
             c.publish(topic, state["msg"], retain, qos)
             state["msg"] = None  # accepted
-        if not c.flush():
-            if not o["persist"]:
-                raise MQTTException("timed out waiting for acknowledgements (%d in flight)" % c.in_flight())
-            raise ConnectionLost("acknowledgements overdue")
+        if o["persist"]:
+            while not c.flush(1000):  # keeps re-connecting until everything is acked
+                pass
+        elif not c.flush():
+            raise MQTTException("timed out waiting for acknowledgements (%d in flight)" % c.in_flight())
+        if c.dropped:
+            raise MQTTException("%d QoS 0 messages dropped while disconnected" % c.dropped)
         raise Done
 
     try:
