@@ -35,7 +35,7 @@ UMQTT_FILES := build/umqtt/umqtt/simple.py build/umqtt/ussl.py
 export MICROPYTHON := $(CURDIR)/build/bin/micropython
 export UMQTT_DIR := $(CURDIR)/build/umqtt
 
-.PHONY: help setup apt venv micropython umqtt test run clean distclean
+.PHONY: help setup apt venv micropython umqtt mpy test run clean distclean
 
 help: ## List the targets
 	@echo "usage: make TARGET   (cache: $(CACHE_DIR))"
@@ -75,10 +75,13 @@ $(UMQTT_FILES) &: tools/setup/fetch_umqtt.py | $(VENV)/bin/python
 	$(PYTHON) tools/setup/fetch_umqtt.py --cache-dir "$(CACHE_DIR)" --dest build/umqtt \
 		--pip-python $(VENV)/bin/python
 
-test: setup ## Run the host test suite
+mpy: $(VENV_STAMP) ## Precompile lib/mqtt to .mpy in build/mpy (what the unix port and a device load)
+	$(VENV)/bin/python tools/build_mpy.py
+
+test: setup mpy ## Run the host test suite
 	$(VENV)/bin/python -m pytest -q host_tests
 
-run: setup ## Run the demo (tools/run_demo.sh)
+run: setup mpy ## Run the demo (tools/run_demo.sh)
 	tools/run_demo.sh
 
 clean: ## Remove build/

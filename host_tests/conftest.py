@@ -19,6 +19,17 @@ MQTTC = ROOT / "tools" / "mqttc.py"
 MICROPYTHON = Path(os.environ.get("MICROPYTHON") or ROOT / "build" / "bin" / "micropython")
 UMQTT_DIR = Path(os.environ.get("UMQTT_DIR") or ROOT / "build" / "umqtt")
 HEAP = "128K"  # an ESP32-like heap budget
+MPY_DIR = ROOT / "build" / "mpy"  # lib/ precompiled, as deployed to a device
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mpy_build():
+    """The unix port runs lib/ precompiled (tools/build_mpy.py), as a device does:
+    compiling the sources inside a 128K heap would measure the compiler."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import build_mpy
+
+    build_mpy.build()
 
 
 def free_port():
@@ -145,7 +156,8 @@ class Runtime:
         env = dict(os.environ)
         paths = [str(LIB)] + ([str(UMQTT_DIR)] if umqtt else [])
         if self.name == "micropython":
-            env["MICROPYPATH"] = ":".join([".frozen"] + paths)  # MICROPYPATH replaces the path
+            # MICROPYPATH replaces the path: keep .frozen (ssl, asyncio)
+            env["MICROPYPATH"] = ":".join([".frozen", str(MPY_DIR)] + paths)
         else:
             env["PYTHONPATH"] = ":".join(paths)
         return env

