@@ -163,8 +163,12 @@ class MQTTClient:
                     break
                 self._guard(self._pump, left)
         pid = sess.publish(topic, msg, qos, retain, ticks_ms())
-        if self.is_connected():
-            self._guard(self._flush_tx, ticks_ms(), self.timeout_ms)
+        if self.sock is not None:
+            try:  # inline, not _guard: no bound method or tuple per message
+                self._flush_tx(ticks_ms(), self.timeout_ms)
+            except LINK_ERRORS as e:
+                self._close()
+                self._link_lost(e)
         return pid
 
     def subscribe(self, topic, qos=0):
@@ -245,7 +249,7 @@ class MQTTClient:
     def _connect(self, t, resubscribe):
         self._close()
         start = ticks_ms()
-        s = compat.open_tcp(self.server, self.port, t)
+        s = raw = compat.open_tcp(self.server, self.port, t)
         try:
             if self.ssl:
                 if hasattr(self.ssl, "wrap_socket"):  # an SSLContext (newer umqtt API)
@@ -258,6 +262,7 @@ class MQTTClient:
             s.close()
             raise
         self.sock = s
+        self._raw = raw
         self._poll_in = compat.poller(s, compat.POLLIN)
         self._poll_out = compat.poller(s, compat.POLLOUT)
         sess = self.session
@@ -375,21 +380,17 @@ class MQTTClient:
 
     def _flush_tx(self, start, t):
         sess = self.session
-        buf, off, n = sess.output()
-        while n:
+        while sess.txn > sess.txoff:
             try:
-                k = compat.send(self.sock, buf, off, n)
+                k = compat.send(self.sock, sess.tx, sess.txoff, sess.txn - sess.txoff)
             except OSError as e:
                 self._fail(ConnectionLost("send failed: %s" % e))
             if k:
                 sess.written(k)
-                off += k
-                n -= k
             else:
                 left = t - ticks_diff(ticks_ms(), start)
                 if left <= 0 or not compat.wait(self._poll_out, left):
                     self._fail(ConnectionLost("send timed out"))
-                buf, off, n = sess.output()
 
     def _read(self):
         """Read what is available into the session; False if nothing was."""
@@ -444,6 +445,8 @@ class MQTTClient:
         got = self._drain()
         if not got and timeout_ms:
             self.store.commit()  # group commit: sync before idling
+            if sess.inflight:
+                compat.ack_now(self._raw)  # acks are due: do not let a delayed ACK stall them
             nt = sess.next_timer(now)
             w = timeout_ms if nt < 0 else nt if timeout_ms < 0 else min(nt, timeout_ms)
             if compat.wait(self._poll_in, w):
@@ -468,9 +471,10 @@ class MQTTClient:
                     self._fail(e)
                 if ev is None:
                     break
-                if ev[0] == MESSAGE:
+                k = ev[0]
+                if k == MESSAGE:
                     self._deliver(ev)
-                elif ev[0] in (SUBACKED, UNSUBACKED):
+                elif k == SUBACKED or k == UNSUBACKED:
                     self._suback = ev
             if not self._read():
                 self._flush_tx(ticks_ms(), self.timeout_ms)

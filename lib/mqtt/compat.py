@@ -97,6 +97,20 @@ def open_tcp(host, port, timeout_ms):
         raise
 
 
+_quickack = [True]  # cleared once the stack refuses TCP_QUICKACK (not Linux)
+
+
+def ack_now(s):
+    """Ask the TCP stack to acknowledge received data now.  A broker that leaves Nagle
+    on (Mosquitto) holds back its next PUBACK until our ACK arrives, and a delayed ACK
+    (~40 ms on Linux) would stall the end of every burst.  Linux only; a no-op elsewhere."""
+    if _quickack[0]:
+        try:
+            s.setsockopt(6, 12, 1)  # IPPROTO_TCP, TCP_QUICKACK
+        except (OSError, AttributeError):
+            _quickack[0] = False
+
+
 def wrap_tls(s, server, params, timeout_ms):
     """Wrap a connected socket in TLS and return it non-blocking (the handshake runs
     blocking, bounded by timeout_ms).  params (umqtt's ssl_params, extended):

@@ -26,8 +26,8 @@
 # Unknown ids: PUBACK/PUBCOMP ignored, PUBREC answered with PUBREL, PUBREL with PUBCOMP.
 
 from .codec import (
-    CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK, PINGREQ, PINGRESP,
-    DISCONNECT, MQTTException, ProtocolError, MalformedPacket, name,
+    CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK,
+    PINGREQ, PINGRESP, DISCONNECT, MQTTException, ProtocolError, MalformedPacket, name,
     put_header, put_publish, put_ack, put_connect, put_subscribe, put_unsubscribe,
     publish_size, connect_size, subscribe_size, unsubscribe_size, get_header, get_u16, check_utf8,
 )
@@ -43,13 +43,16 @@ PONG = 5           # (PONG,)
 
 _PONG = (PONG,)
 
-# Sender transitions: (state, ack type) -> new state (0 = complete)
+# Sender transitions: state << 8 | ack type -> new state (0 = complete).  Integer
+# keys: a tuple key would be allocated for every ack.
 SENDER = {
-    (AWAIT_PUBACK, PUBACK): 0,
-    (AWAIT_PUBREC, PUBREC): AWAIT_PUBCOMP,
-    (AWAIT_PUBCOMP, PUBCOMP): 0,
-    (AWAIT_PUBCOMP, PUBREC): AWAIT_PUBCOMP,
+    AWAIT_PUBACK << 8 | PUBACK: 0,
+    AWAIT_PUBREC << 8 | PUBREC: AWAIT_PUBCOMP,
+    AWAIT_PUBCOMP << 8 | PUBCOMP: 0,
+    AWAIT_PUBCOMP << 8 | PUBREC: AWAIT_PUBCOMP,
 }
+_ID_ACKS = (PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK)  # 2-byte packets holding an id
+_SERVER_MAY_NOT_SEND = (0, 0x10, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT, 0xF0)
 
 
 class ConnectRefused(MQTTException):
@@ -91,7 +94,7 @@ class Session:
         self.retries = retries  # in-session resends of a QoS 1 PUBLISH or a PUBREL
         self.trace = None  # callable(str) to log every packet, or None
         self.tx = bytearray(256)
-        self._txoff = 0
+        self.txoff = 0
         self.txn = 0  # tx[_txoff:txn] is waiting to be written
         self.rx = bytearray(256)
         self._rxview = memoryview(self.rx)
@@ -111,26 +114,23 @@ class Session:
     # ---- output ---------------------------------------------------------------
     def _room(self, n, now):
         """Make room for n more bytes in tx; returns the write offset."""
-        if self._txoff == self.txn:
-            self._txoff = self.txn = 0
+        if self.txoff == self.txn:
+            self.txoff = self.txn = 0
         if len(self.tx) - self.txn < n:
-            used = self.txn - self._txoff
+            used = self.txn - self.txoff
             new = bytearray(max(2 * len(self.tx), used + n))
-            new[:used] = self.tx[self._txoff : self.txn]
+            new[:used] = self.tx[self.txoff : self.txn]
             self.tx = new
-            self._txoff = 0
+            self.txoff = 0
             self.txn = used
         self._last_tx = now
         return self.txn
 
-    def output(self):
-        """(buffer, offset, length) of the bytes waiting to be written."""
-        return self.tx, self._txoff, self.txn - self._txoff
-
     def written(self, n):
-        self._txoff += n
-        if self._txoff >= self.txn:
-            self._txoff = self.txn = 0
+        """n bytes of tx[txoff:txn] went out."""
+        self.txoff += n
+        if self.txoff >= self.txn:
+            self.txoff = self.txn = 0
 
     def _ack(self, ptype, pid, now):
         pos = self._room(4, now)
@@ -165,7 +165,7 @@ class Session:
     def reset(self):
         """Forget the connection (not the session): call when the socket is gone."""
         self.connected = self.open = False
-        self._txoff = self.txn = 0
+        self.txoff = self.txn = 0
         self._rxoff = self._rxn = 0
         self.inflight = 0
         self.pending = {}
@@ -361,11 +361,29 @@ class Session:
     def next_event(self, now):
         """Handle received packets until one yields an event; None when no complete
         packet is buffered.  Raises ProtocolError on anything the broker may not send."""
+        rx = self.rx
         while True:
-            hdr = get_header(self.rx, self._rxoff, self._rxn)
-            if hdr is None:
+            # fixed header [MQTT-2.2.3], decoded inline: no tuple per packet
+            pos = self._rxoff
+            end = self._rxn
+            if end - pos < 2:
                 return None
-            first, rem, hl = hdr
+            first = rx[pos]
+            rem = 0
+            shift = 0
+            i = pos + 1
+            while True:
+                if i >= end:
+                    return None
+                b = rx[i]
+                rem |= (b & 0x7F) << shift
+                i += 1
+                if not b & 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    raise MalformedPacket("remaining length longer than 4 bytes")
+            hl = i - pos
             if hl + rem > self.max_packet:
                 raise PacketTooLarge("%s of %d bytes exceeds max_packet %d" % (name(first), hl + rem, self.max_packet))
             start = self._rxoff + hl
@@ -384,9 +402,11 @@ class Session:
             raise ProtocolError("first packet from broker is %s, not CONNACK [MQTT-3.2.0-1]" % name(first))
         if ptype == PUBLISH:
             return self._on_publish(flags, p, rem, now)
+        if ptype in _SERVER_MAY_NOT_SEND:
+            raise ProtocolError("broker sent %s, which only a client may send" % name(first))
         if flags != (2 if ptype == PUBREL else 0):
             raise MalformedPacket("%s with reserved flags 0x%x [MQTT-2.2.2-2]" % (name(first), flags))
-        if ptype in (PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK):
+        if ptype in _ID_ACKS:
             if rem != 2:
                 raise MalformedPacket("%s with remaining length %d" % (name(first), rem))
             pid = get_u16(rx, p)
@@ -508,7 +528,7 @@ class Session:
                 self._ack(PUBREL, pid, now)  # unknown id: release it anyway
             return None  # PUBACK/PUBCOMP for an unknown id: ignore
         state = s.state[i]
-        new = SENDER.get((state, ptype), -1)
+        new = SENDER.get(state << 8 | ptype, -1)
         if new < 0:
             raise ProtocolError("%s for packet id %d, which awaits %s" % (
                 name(ptype), pid, ("PUBACK", "PUBREC", "PUBCOMP")[state - 1]))
