@@ -354,7 +354,13 @@ def build_cases(sections, n, tmp):
     cases = {}
     py = sys.executable
     umqtt_env = mp_env(UMQTT_DIR)
-    ours_env = mp_env(LIB)
+    ours_env = None
+    if "unix" in sections:
+        # lib/mqtt precompiled to .mpy, as on a device: compiling the sources inside a
+        # 128K heap measures the compiler and can exhaust the heap.
+        bytecode = os.path.join(tmp, "bytecode")
+        compile_lib(bytecode)
+        ours_env = mp_env(bytecode)
 
     def add(key, fn, env, count):
         cases[key] = Case(key, fn, env, count)
@@ -368,11 +374,7 @@ def build_cases(sections, n, tmp):
         add("mp-umqtt-q1", lambda p, k, c: mp_cmd("umqtt1", p, k, c, "cap_s=%d" % UMQTT_Q1_CAP_S),
             umqtt_env, min(n, UMQTT_Q1_CAP_MSGS))
         if os.path.exists(os.path.join(LIB, "mqtt", "ring.py")):
-            # Store file vs RAM store, both with lib/mqtt precompiled to .mpy as on a device:
-            # compiling ring.py from source on top of the rest can exhaust a 128K heap.
-            bytecode = os.path.join(tmp, "bytecode")
-            compile_lib(bytecode)
-            mpy_env = mp_env(bytecode)
+            mpy_env = ours_env
 
             def durable(p, k, c):
                 return mp_cmd("ours1", p, k, c, "store=" + os.path.join(tmp, c + ".ring"))

@@ -14,7 +14,11 @@ from binascii import crc32
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
 from mqtt import ring  # noqa: E402
-from mqtt.ring import SECTOR, SEC_HDR, REC_HDR, MAGIC, TYPES, PUB, F_RETAIN, F_RELEASED, rec_size  # noqa: E402
+from mqtt.ring import (  # noqa: E402
+    SECTOR, SEC_HDR, REC_HDR, MARKS, MAGIC, TYPES, PUB, F_RETAIN, F_RELEASED, RingStore, RingError, rec_size)
+from mqtt.store import AWAIT_PUBACK, AWAIT_PUBREC, AWAIT_PUBCOMP  # noqa: E402
+
+STATES = {AWAIT_PUBACK: "AWAIT_PUBACK", AWAIT_PUBREC: "AWAIT_PUBREC", AWAIT_PUBCOMP: "AWAIT_PUBCOMP"}
 
 
 def scan(data, nsec):
@@ -33,11 +37,11 @@ def scan(data, nsec):
         if hdr == b"\xff" * SEC_HDR:
             info["state"] = "free"
             continue
-        if hdr[:4] != MAGIC or struct.unpack_from("<I", hdr, 12)[0] != crc32(hdr[:12]):
+        if hdr[:4] != MAGIC or struct.unpack_from("<I", hdr, 16)[0] != crc32(hdr[:16]):
             info["state"] = "bad header"
             crc_failures += 1
             continue
-        g, e = struct.unpack_from("<II", hdr, 4)
+        g, e, _ = struct.unpack_from("<III", hdr, 4)
         info.update(state="used", generation=g, erases=e)
         pos = SEC_HDR
         while pos + REC_HDR + 4 <= len(raw):
@@ -48,13 +52,15 @@ def scan(data, nsec):
             rtype, flags, n, seq, pid = struct.unpack_from("<BBHIH", raw, pos)
             size = rec_size(n)
             end = pos + REC_HDR + n
-            good = rtype in TYPES and pos + size <= len(raw) and \
-                struct.unpack_from("<I", raw, end)[0] == crc32(raw[pos:end])
+            good = rtype in TYPES and pos + size <= len(raw) and struct.unpack_from("<I", raw, end)[0] == \
+                crc32(raw[pos + REC_HDR : end], crc32(raw[pos : pos + MARKS]))
             if not good:
                 crc_failures += 1
                 info["state"] = "used, corrupt record at %d" % pos
                 break
-            rec = {"sector": s, "offset": pos, "type": TYPES[rtype], "seq": seq, "pid": pid, "bytes": size}
+            marks = raw[pos + MARKS : pos + REC_HDR]
+            rec = {"sector": s, "offset": pos, "type": TYPES[rtype], "seq": seq, "pid": pid, "bytes": size,
+                   "marks": ("released " if marks[:2] == b"\0\0" else "") + ("done" if marks[2:] == b"\0\0" else "")}
             if rtype == PUB and n >= 6:
                 order, tl = struct.unpack_from("<IH", raw, pos + REC_HDR)
                 body = raw[pos + REC_HDR + 6 : end]
@@ -67,27 +73,30 @@ def scan(data, nsec):
     return {"sectors": sectors, "records": records, "crc_failures": crc_failures}
 
 
-def replay(records):
-    """Messages still owed and inbound ids, the way recovery rebuilds them."""
-    msgs = {}
-    inbound = set()
-    for r in sorted(records, key=lambda r: r["seq"]):
-        t = r["type"]
-        if t == "PUB":
-            msgs[r["pid"]] = dict(r, state="AWAIT_PUBCOMP" if r["released"] else
-                                  ("AWAIT_PUBACK" if r["qos"] == 1 else "AWAIT_PUBREC"))
-        elif t == "REL" and r["pid"] in msgs:
-            msgs[r["pid"]]["state"] = "AWAIT_PUBCOMP"
-        elif t == "DONE":
-            msgs.pop(r["pid"], None)
-        elif t == "IN_ADD":
-            inbound.add(r["pid"])
-        elif t == "IN_DEL":
-            inbound.discard(r["pid"])
-        elif t == "CLEAR":
-            msgs.clear()
-            inbound.clear()
-    return sorted(msgs.values(), key=lambda m: m["order"]), sorted(inbound)
+def recover(path, size, records):
+    """What the store itself rebuilds: recovery runs on a temporary copy, so the file
+    given is never written."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        copy = os.path.join(d, "ring")
+        shutil.copyfile(path, copy)
+        try:
+            st = RingStore(copy, size, capacity=1024)
+        except RingError as e:
+            return [], [], [str(e)]
+        where = {(r["sector"] * SECTOR + r["offset"]): r for r in records}
+        msgs = []
+        for i in st.ordered():
+            r = where.get(st.loc[i], {})
+            msgs.append({"order": st.seq[i], "pid": st.pid[i], "qos": st.qos[i], "state": STATES[st.state[i]],
+                         "retain": st.retain[i], "topic": r.get("topic"), "payload_len": r.get("payload_len"),
+                         "sector": st.loc[i] // SECTOR, "offset": st.loc[i] % SECTOR})
+        inbound = sorted(st.inbound)
+        reasons = st.reasons
+        st.close()
+    return msgs, inbound, reasons
 
 
 def table(rows, cols):
@@ -114,7 +123,7 @@ def main(argv):
         return 1
     nsec = (size or max(len(data), SECTOR)) // SECTOR
     rep = scan(data, nsec)
-    msgs, inbound = replay(rep["records"])
+    msgs, inbound, reasons = recover(path, nsec * SECTOR, rep["records"])
     used = sum(s["used"] for s in rep["sectors"] if s["state"].startswith("used"))
     erases = [s["erases"] for s in rep["sectors"] if s["erases"] is not None]
     summary = {
@@ -122,7 +131,7 @@ def main(argv):
         "used_bytes": used, "free_bytes": nsec * SECTOR - used, "records": len(rep["records"]),
         "messages_owed": len(msgs), "inbound_qos2_ids": inbound, "crc_failures": rep["crc_failures"],
         "erases_total": sum(erases), "erases_max": max(erases) if erases else 0,
-        "format_version": ring.VERSION,
+        "format_version": ring.VERSION, "recovery_notes": reasons,
     }
     if "--json" in argv:
         print(json.dumps({"summary": summary, "sectors": rep["sectors"], "messages": msgs,
@@ -139,9 +148,12 @@ def main(argv):
     print(table(msgs, ["order", "pid", "qos", "state", "retain", "topic", "payload_len", "sector", "offset"]))
     print()
     print("inbound QoS 2 ids awaiting PUBREL: %s" % (", ".join(map(str, inbound)) or "none"))
+    for why in reasons:
+        print("recovery note: " + why)
     if "--records" in argv:
         print()
-        print(table(rep["records"], ["seq", "type", "pid", "sector", "offset", "bytes", "topic", "payload_len"]))
+        print(table(rep["records"], ["seq", "type", "pid", "sector", "offset", "bytes", "marks", "topic",
+                                     "payload_len"]))
     return 0
 
 

@@ -498,10 +498,10 @@ class Session:
         if s.state[i] == AWAIT_PUBCOMP:
             self._ack(PUBREL, pid, now)  # never the PUBLISH again [MQTT-4.3.3-1]
         else:
-            topic = s.topic[i]
             msg = s.msg[i]
             if msg is None:
                 msg = s.load(i)  # a flash store may keep payloads on the medium only
+            topic = s.topic[i]
             q = s.qos[i]
             dup = s.dup[i]
             pos = self._room(publish_size(topic, msg, q), now)
