@@ -2,8 +2,6 @@
 (CPython and the MicroPython unix port) that every behaviour test runs under."""
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from brokerctl import Mosquitto, free_port, wait_port  # noqa: E402,F401
 LIB = ROOT / "lib"
 MQTTC = ROOT / "tools" / "mqttc.py"
 MICROPYTHON = Path(os.environ.get("MICROPYTHON") or ROOT / "build" / "bin" / "micropython")
@@ -30,91 +30,6 @@ def _mpy_build():
     import build_mpy
 
     build_mpy.build()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError("nothing listens on port %d" % port)
-
-
-# ---- Mosquitto ----------------------------------------------------------------
-
-
-class Mosquitto:
-    """One Mosquitto process with its own config on a free loopback port, stopped by PID."""
-
-    def __init__(self, workdir, persistence=False, conf="", port=None):
-        self.dir = Path(workdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.host = "127.0.0.1"
-        self.port = port or free_port()
-        self.persistence = persistence
-        self.extra = conf
-        self.proc = None
-        self.log = self.dir / "mosquitto.log"
-
-    def write_conf(self):
-        lines = []
-        if os.geteuid() == 0:
-            lines.append("user root")  # else it drops to 'mosquitto', who cannot read our files
-        lines += ["listener %d 127.0.0.1" % self.port, "allow_anonymous true",
-                  "log_dest file %s" % self.log, "log_type all", "max_inflight_messages 100",
-                  "max_queued_messages 100000"]
-        if self.persistence:
-            lines += ["persistence true", "persistence_location %s/" % self.dir,
-                      "autosave_interval 0", "autosave_on_changes false"]
-        lines.append(self.extra)
-        conf = self.dir / "mosquitto.conf"
-        conf.write_text("\n".join(lines) + "\n")
-        return conf
-
-    def start(self):
-        conf = self.write_conf()
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        try:
-            wait_port(self.port)
-        except RuntimeError:
-            self.proc.kill()
-            raise RuntimeError("mosquitto did not start: %s" % self.proc.stderr.read().decode())
-        return self
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def kill(self):
-        self.stop(signal.SIGKILL)
-
-    def save(self):
-        """Make Mosquitto write its persistence database now (SIGUSR1)."""
-        self.proc.send_signal(signal.SIGUSR1)
-        time.sleep(0.3)
-
-    def restart(self):
-        self.stop()
-        return self.start()
-
-    def log_text(self):
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 @pytest.fixture
