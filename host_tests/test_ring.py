@@ -249,3 +249,26 @@ def test_ringdump_prints_states_and_wear(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "ringdump.py"), str(bad)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "CRC failures 1" in r.stdout
+
+
+def test_mqttc_store_publishes_offline_and_resumes_after_a_kill(rt, tmp_path, make_broker, peer_factory):
+    """mqttc pub --store -c with no broker: messages go into the ring; the process is
+    killed; later `mqttc pub --store PATH -c -i ID` (no message option) completes them."""
+    from conftest import free_port
+    port = free_port()
+    store = str(tmp_path / "cli.ring")
+    p = rt.mqttc_spawn("pub", "-p", str(port), "--store", store, "-c", "-i", "cli-ring", "-t", "cli/r",
+                       "-l", "-q", "2", stdin=subprocess.PIPE)
+    p.stdin.write(b"".join(b"offline %d\n" % i for i in range(5)))
+    p.stdin.close()
+    time.sleep(1.5)  # accepted into the ring, nobody to send them to
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    b = make_broker(port=port)
+    sub = peer_factory(b)
+    sub.subscribe("cli/r", 2)
+    r = rt.mqttc("pub", "-p", str(port), "--store", store, "-c", "-i", "cli-ring", timeout=60)
+    ok(r)
+    got = sub.wait_for(5)
+    time.sleep(0.3)
+    assert [m[1] for m in sub.messages] == [b"offline %d" % i for i in range(5)]

@@ -179,6 +179,11 @@ class Runner:
             except (OSError, MQTTException) as e:
                 if not o["persist"]:
                     raise
+                if o["store"] and o["cmd"] == "pub":
+                    # the ring accepts messages offline; the client keeps re-connecting
+                    if o["debug"]:
+                        err("connect failed (%s); publishing into the store meanwhile" % e)
+                    return
                 d = self.backoff.next_ms()
                 if o["debug"]:
                     err("connect failed (%s); retrying in %d ms" % (e, d))
