@@ -380,9 +380,18 @@ def build_cases(sections, n, tmp):
                 return mp_cmd("ours1", p, k, c, "store=" + os.path.join(tmp, c + ".ring"))
             add("mp-ours-q1-mpy", lambda p, k, c: mp_cmd("ours1", p, k, c), mpy_env, n)
             add("mp-ours-q1-store", durable, mpy_env, n)
+            add("mp-ours-q1-store-gc16", lambda p, k, c: mp_cmd(
+                "ours1", p, k, c, "store=" + os.path.join(tmp, c + ".ring"), "sync=16"), mpy_env, n)
     if "cpython" in sections:
         for q in (0, 1, 2):
             add("py-ours-q%d" % q, lambda p, k, c, q=q: [py, WORKER, "ours%d" % q, p, k, c],
+                {"PYTHONPATH": LIB}, n)
+        if os.path.exists(os.path.join(LIB, "mqtt", "ring.py")):
+            add("py-ours-q1-store", lambda p, k, c: [py, WORKER, "ours1", p, k, c,
+                                                     "store=" + os.path.join(tmp, c + ".ring")],
+                {"PYTHONPATH": LIB}, n)
+            add("py-ours-q1-store-gc16", lambda p, k, c: [py, WORKER, "ours1", p, k, c,
+                                                          "store=" + os.path.join(tmp, c + ".ring"), "sync=16"],
                 {"PYTHONPATH": LIB}, n)
             add("py-paho-q%d" % q,
                 lambda p, k, c, q=q: [py, os.path.abspath(__file__), "--child", "paho", str(q), str(p), str(k), c],
@@ -392,7 +401,8 @@ def build_cases(sections, n, tmp):
 
 def build_latency_cases():
     return {
-        "lat-ours-q1": Case("lat-ours-q1", lambda p, k, c: mp_cmd("ours1", p, k, c), mp_env(LIB), LATENCY_MSGS),
+        "lat-ours-q1": Case("lat-ours-q1", lambda p, k, c: mp_cmd("ours1", p, k, c),
+                            mp_env(os.path.join(ROOT, "build", "mpy")), LATENCY_MSGS),
         "lat-umqtt-q1-nodelay": Case(
             "lat-umqtt-q1-nodelay", lambda p, k, c: mp_cmd("umqtt1", p, k, c, "nodelay=1"),
             mp_env(UMQTT_DIR), LATENCY_MSGS),
@@ -554,11 +564,17 @@ def report(facts, args, cases, lat, mem, size):
                           "umqtt.simple QoS 1 + TCP_NODELAY (it has no QoS 2)"),
                 ratio_row(cases, "unix port QoS 1, flash-ring store file (lib as .mpy)", "mp-ours-q1-store",
                           "mp-ours-q1-mpy", "ours QoS 1, RAM store (lib as .mpy)", 0.5),
+                ratio_row(cases, "unix port QoS 1, ring, group commit sync_every=16", "mp-ours-q1-store-gc16",
+                          "mp-ours-q1-mpy", "ours QoS 1, RAM store (lib as .mpy)", 0.5),
             ]
         if any(k.startswith("py-") for k in cases):
             for q in (0, 1, 2):
                 rows.append(ratio_row(cases, "CPython QoS %d" % q, "py-ours-q%d" % q, "py-paho-q%d" % q,
                                       "paho-mqtt QoS %d (inflight 16)" % q, 1.5))
+            rows.append(ratio_row(cases, "CPython QoS 1, flash-ring store file", "py-ours-q1-store",
+                                  "py-ours-q1", "ours QoS 1, RAM store", 0.5))
+            rows.append(ratio_row(cases, "CPython QoS 1, ring, group commit sync_every=16", "py-ours-q1-store-gc16",
+                                  "py-ours-q1", "ours QoS 1, RAM store", 0.5))
         if lat:
             rows.append(ratio_row(lat, "unix port QoS 1, 20 ms RTT proxy, %d msgs" % LATENCY_MSGS,
                                   "lat-ours-q1", "lat-umqtt-q1-nodelay", "umqtt.simple QoS 1 + TCP_NODELAY", 10))
@@ -689,6 +705,8 @@ def main():
             broker = Broker(tmp, args.broker_nodelay)
             port = broker.start()
             log("bench: Mosquitto PID %d on 127.0.0.1:%d" % (broker.proc.pid, port))
+        if {"unix", "latency"} & set(sections):
+            subprocess.run([sys.executable, os.path.join(ROOT, "tools", "build_mpy.py")], check=True)
         cases = build_cases(sections, args.messages, tmp)
         interleave(cases, port, args.runs, "throughput")
         if "latency" in sections:

@@ -49,7 +49,8 @@ def ours(qos, port, n, cid, o):
     from mqtt import MQTTClient
 
     store = o.get("store") or None
-    c = MQTTClient(cid, "127.0.0.1", port, window=16, store=store, timeout_ms=30000)
+    c = MQTTClient(cid, "127.0.0.1", port, window=16, store=store, timeout_ms=30000,
+                   sync_every=int(o.get("sync", 1)))
     c.connect()
     topic = TOPIC
     payload = PAYLOAD
