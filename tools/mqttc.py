@@ -34,7 +34,7 @@ def _mpy_fresh(root):
 
 _add_lib_path()
 
-from mqtt import MQTTClient, MQTTException, ConnectRefused, ProtocolError  # noqa: E402
+from mqtt import MQTTClient, MQTTException, ConnectRefused, ProtocolError, StoreFull  # noqa: E402
 from mqtt.backoff import Backoff  # noqa: E402
 from mqtt.compat import random_hex, ticks_ms, ticks_diff, sleep_ms  # noqa: E402
 
@@ -243,7 +243,13 @@ def pub(o):
                     state["msg"] = next(source)
                 except StopIteration:
                     break
-            c.publish(topic, state["msg"], retain, qos)
+            try:
+                c.publish(topic, state["msg"], retain, qos)
+            except StoreFull:
+                if not o["persist"]:
+                    raise
+                c.wait_msg(200)  # -c: the link is down and the store full; keep trying
+                continue
             state["msg"] = None  # accepted
         if o["persist"]:
             while not c.flush(1000):  # keeps re-connecting until everything is acked
@@ -332,7 +338,7 @@ def main(argv):
     except ImportError as e:
         err("--store is not available: %s" % e)
         return 1
-    except (MQTTException, OSError) as e:
+    except (MQTTException, OSError, StoreFull) as e:
         err("%s (%s:%d)" % (e, o["host"], o["port"]))
         return 1
     except KeyboardInterrupt:
