@@ -89,3 +89,5 @@ clean: ## Remove build/
 
 distclean: clean ## Remove build/ and .venv (the cache in CACHE_DIR stays)
 	rm -rf $(VENV)
+
+include mk/deploy.mk

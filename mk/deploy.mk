@@ -1,0 +1,38 @@
+# Device targets: flash MicroPython, deploy the app, report the footprint.
+# Included by the main Makefile (`include mk/deploy.mk`), which defines VENV and `venv`.
+# Walk-through: docs/flash-and-deploy.md.
+#
+#   make flash  BOARD=<name> PORT=<serial> FIRMWARE=<micropython .bin> [DRY_RUN=1]
+#   make deploy BOARD=<name> PORT=<serial> [DRY_RUN=1]
+#   make size   [MAX_TOTAL=<bytes>]
+#
+# BOARD names boards/<name>.json. DRY_RUN=1 checks everything and prints the plan and the exact
+# commands without touching a device. FLASH_ARGS / DEPLOY_ARGS / SIZE_ARGS pass extra options
+# (e.g. DEPLOY_ARGS=--force; see `.venv/bin/python tools/deploy.py --help`).
+
+BOARD ?=
+PORT ?=
+FIRMWARE ?=
+DRY_RUN ?=
+MAX_TOTAL ?=
+FLASH_ARGS ?=
+DEPLOY_ARGS ?=
+SIZE_ARGS ?=
+
+# DRY_RUN=1 (or yes/true) -> --dry-run; empty or 0 -> a real run.
+DEVICE_DRY_RUN := $(if $(filter-out 0 no false,$(DRY_RUN)),--dry-run)
+
+DEVICE_BOARD_PORT = $(if $(BOARD),--board "$(BOARD)") $(if $(PORT),--port "$(PORT)")
+
+.PHONY: flash deploy size
+
+flash: venv ## Flash MicroPython: BOARD=name PORT=/dev/ttyUSB0 FIRMWARE=file.bin [DRY_RUN=1]
+	$(strip $(VENV)/bin/python tools/flash.py $(DEVICE_BOARD_PORT) \
+		$(if $(FIRMWARE),--firmware "$(FIRMWARE)") $(DEVICE_DRY_RUN) $(FLASH_ARGS))
+
+deploy: venv ## Copy lib/, firmware/ (.mpy) and the board config: BOARD=name PORT=/dev/ttyUSB0 [DRY_RUN=1]
+	$(strip $(VENV)/bin/python tools/deploy.py $(DEVICE_BOARD_PORT) $(DEVICE_DRY_RUN) $(DEPLOY_ARGS))
+
+size: venv ## .mpy bytes of each library module for the ESP32, and the total [MAX_TOTAL=bytes]
+	$(strip $(VENV)/bin/python tools/size.py --arch xtensawin \
+		$(if $(MAX_TOTAL),--max-total $(MAX_TOTAL)) $(SIZE_ARGS))

@@ -1,0 +1,460 @@
+#!/usr/bin/env python3
+"""Deploy the library, the firmware app and the board config to a MicroPython board.
+
+    .venv/bin/python tools/deploy.py --board NAME --port PORT [--dry-run]
+    (or: make deploy BOARD=NAME PORT=PORT [DRY_RUN=1])
+
+1. boards/NAME.json is checked (boards/schema.json too, when there is one) and the git-ignored
+   secrets files are deep-merged over it (devtools/boards.py); the result goes to /board.json.
+2. lib/**/*.py -> /lib/**/*.mpy and firmware/**/*.py -> /**/*.mpy are compiled with mpy-cross
+   (-march for the board's chip) into build/deploy/NAME/; firmware/boot.py and firmware/main.py
+   stay source, since MicroPython runs them by name.
+3. The device is asked (one `mpremote exec`) for sys.implementation._mpy, its version, the
+   manifest /.deploy.json of the files an earlier deploy wrote, and the size and sha256 of each
+   file to deploy (hashed on the device). A device that cannot import the compiled files, or runs
+   MicroPython for another chip than the board file says, is refused before anything is written.
+4. Only files whose sha256 on the device differs from the one just built are copied (so a deploy
+   cut short, e.g. by the hardware watchdog resetting the board, loses nothing it copied); files
+   the manifest lists that are no longer part of the app are removed, and so is any X.py that
+   would shadow a deployed X.mpy. Nothing else on the device is touched (the flash-ring store,
+   logs...). Then the manifest is written and the board reset.
+
+--device-dir DIR runs the same plan against a local folder standing in for the device's file
+system (for tests and for the unix port): the device's _mpy then comes from --device-mpy.
+"""
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from devtools import ROOT, ToolError, fail, shown_path, venv_python  # noqa: E402
+from devtools import mpy  # noqa: E402
+from devtools.boards import CHIPS, load_config  # noqa: E402
+
+MANIFEST = "/.deploy.json"
+CONFIG = "/board.json"
+KEEP_SOURCE = ("boot.py", "main.py")  # run by name from the root of the file system
+PROBE_MARK = "DEPLOY-PROBE "
+SUPPORTED = (1, 25)  # oldest MicroPython the project is tested with
+
+
+class DeviceError(Exception):
+    """The device or mpremote failed while deploying: exit status 1."""
+
+
+@dataclass
+class Item:
+    remote: str  # absolute path on the device
+    local: Path  # the staged file that is copied
+    source: str  # where it came from, for the plan
+    size: int
+    sha256: str
+    header: tuple = None  # .mpy header (version, sub, arch, small-int bits), None for others
+
+
+# ---- what goes onto the device ---------------------------------------------------------------
+
+
+def _item(remote, local, source, header=None):
+    data = Path(local).read_bytes()
+    return Item(remote, Path(local), source, len(data), hashlib.sha256(data).hexdigest(), header)
+
+
+def stage(board_name, config, march, build_dir):
+    """Compile and collect everything to deploy into build_dir/board_name. Returns Items."""
+    stage_dir = Path(build_dir) / board_name
+    shutil.rmtree(stage_dir, ignore_errors=True)
+    stage_dir.mkdir(parents=True)
+    cmd = mpy.mpy_cross_command()
+    items = []
+    for tree, remote_base in ((ROOT / "lib", "/lib"), (ROOT / "firmware", "")):
+        if not tree.is_dir():
+            continue
+        for src in sorted(tree.rglob("*.py")):
+            if "__pycache__" in src.parts:
+                continue
+            rel = src.relative_to(tree).as_posix()
+            source = shown_path(src)
+            if remote_base == "" and rel in KEEP_SOURCE:
+                dst = stage_dir / rel
+                shutil.copyfile(src, dst)
+                items.append(_item("/" + rel, dst, source))
+            else:
+                remote = "%s/%s.mpy" % (remote_base, rel[:-3])
+                dst = stage_dir / remote.lstrip("/")
+                mpy.compile_py(cmd, src, dst, rel, march)
+                items.append(_item(remote, dst, source, mpy.read_header(dst)))
+    dst = stage_dir / CONFIG.lstrip("/")
+    # Sorted and compact, so the same config always hashes the same (and is not re-copied).
+    dst.write_text(json.dumps(config, sort_keys=True, separators=(",", ":")), encoding="utf-8")
+    os.chmod(dst, 0o600)  # it holds the secrets
+    items.append(_item(CONFIG, dst, "merged board config"))
+    return items
+
+
+def plan(items, probe, force=False):
+    """(to copy, unchanged, to remove) from what the device reported: a file is unchanged when
+    its sha256 on the device is the one just built (the device hashes its files, so a deploy cut
+    short by a reset still counts what it copied). Only where the device has no hashlib.sha256
+    does the manifest of the last deploy stand in for the device's hash."""
+    manifest = probe.get("manifest")
+    known = manifest.get("files") if isinstance(manifest, dict) else None
+    # Only clean absolute paths: what a deploy wrote (a damaged manifest must not reach outside).
+    known = {p: v for p, v in known.items() if p.startswith("/") and ".." not in p.split("/")} \
+        if isinstance(known, dict) else {}
+    state = probe.get("files") or {}
+    copy, same = [], []
+    for item in items:
+        size, digest = state.get(item.remote) or (None, None)
+        if digest is None and isinstance(known.get(item.remote), dict):
+            digest = known[item.remote].get("sha256")
+        unchanged = not force and size == item.size and digest == item.sha256
+        (same if unchanged else copy).append(item)
+    wanted = {item.remote for item in items}
+    stale = {p for p in known if p not in wanted and p != MANIFEST}
+    remove = sorted(p for p in stale.union(shadows(items)) if state.get(p))
+    return copy, same, remove
+
+
+def shadows(items):
+    """X.py next to a deployed X.mpy: MicroPython imports the .py first, so it must go."""
+    return [item.remote[:-4] + ".py" for item in items if item.remote.endswith(".mpy")]
+
+
+def probed(items):
+    """The paths the device reports on: every file to deploy and its possible shadow."""
+    return [item.remote for item in items] + shadows(items)
+
+
+def parents(remotes):
+    dirs = set()
+    for remote in remotes:
+        parts = remote.strip("/").split("/")[:-1]
+        dirs.update("/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return sorted(dirs, key=lambda d: (d.count("/"), d))
+
+
+def manifest_of(items):
+    return {"format": 1, "files": {item.remote: {"sha256": item.sha256, "size": item.size}
+                                   for item in items}}
+
+
+# ---- the device --------------------------------------------------------------------------------
+# The scripts below run on the board (MicroPython 1.25+) through `mpremote exec`; `R` prefixes
+# every path and is "" on a board (the tests run them on the unix port against a folder).
+
+
+def _lit(value):
+    """A Python literal in double quotes (JSON is one): the shell-quoted command stays legible."""
+    return json.dumps(value)
+
+
+def probe_script(root, paths):
+    """Prints PROBE_MARK + JSON: the device's _mpy and version, the manifest, and for each of
+    `paths` and the manifest's files [size, sha256 hex or None without hashlib] or None."""
+    return ('import sys,os,json\ntry:from hashlib import sha256\nexcept ImportError:sha256=None\n'
+            'from binascii import hexlify\nR=%s\nb=bytearray(512)\ndef s(p):\n try:\n'
+            '  n=os.stat(R+p)[6]\n  if not sha256:return [n,None]\n  h=sha256()\n'
+            '  with open(R+p,"rb") as f:\n   while 1:\n    k=f.readinto(b)\n'
+            '    if not k:break\n    h.update(memoryview(b)[:k])\n'
+            '  return [n,hexlify(h.digest()).decode()]\n except OSError:return None\n'
+            'try:\n with open(R+%s) as f:m=json.load(f)\nexcept Exception:m=None\nP=%s\n'
+            'if isinstance(m,dict)and isinstance(m.get("files"),dict):P=P+list(m["files"])\n'
+            'i=sys.implementation\nprint(%s+json.dumps({"mpy":getattr(i,"_mpy",0),'
+            '"version":list(i.version[:3]),"machine":getattr(i,"_machine",""),"manifest":m,'
+            '"files":{p:s(p) for p in P}}))\n'
+            % (_lit(root), _lit(MANIFEST), _lit(list(paths)), _lit(PROBE_MARK)))
+
+
+def mkdirs_script(root, dirs):
+    return ("import os\nfor d in %s:\n try:os.mkdir(%s+d)\n except OSError:pass\n"
+            % (_lit(list(dirs)), _lit(root)))
+
+
+def remove_script(root, paths):
+    return ("import os\nfor p in %s:\n try:os.remove(%s+p)\n except OSError:pass\n"
+            % (_lit(list(paths)), _lit(root)))
+
+
+class MpremoteDevice:
+    """A board on a serial port, driven by `python -m mpremote`, one command per step. The first
+    command soft-resets the board (interrupting its app); the others `resume` that session."""
+
+    def __init__(self, port, root="", run=subprocess.run):
+        self.port, self.root, self.run = port, root, run
+        self.base = [venv_python(), "-m", "mpremote", "connect", port]
+        self.label = port
+
+    def probe_cmd(self, paths):
+        return self.base + ["exec", probe_script(self.root, paths)]
+
+    def mkdirs_cmd(self, dirs):
+        return self.base + ["resume", "exec", mkdirs_script(self.root, dirs)]
+
+    def remove_cmd(self, paths):
+        return self.base + ["resume", "exec", remove_script(self.root, paths)]
+
+    def put_cmd(self, local, remote):
+        return self.base + ["resume", "fs", "cp", "-f", shown_path(local), ":" + self.root + remote]
+
+    def reset_cmd(self):
+        return self.base + ["resume", "reset"]
+
+    def _call(self, cmd, capture=False):
+        result = self.run(cmd, capture_output=capture, text=True)
+        if result.returncode != 0:
+            # mpremote reports its own errors on stderr, the board's tracebacks on stdout.
+            detail = ((result.stderr or "") + (result.stdout or "")).strip().splitlines()
+            raise DeviceError("mpremote failed (exit %d)%s: %s" % (
+                result.returncode, " saying %r" % detail[-1] if detail else "",
+                shlex.join(cmd[:6])))
+        return result.stdout
+
+    def probe(self, paths):
+        out = self._call(self.probe_cmd(paths), capture=True) or ""
+        for line in out.splitlines():
+            if line.startswith(PROBE_MARK):
+                return json.loads(line[len(PROBE_MARK):])
+        raise DeviceError("no answer from MicroPython on %s (is it running MicroPython? got: %r)"
+                          % (self.port, out.strip()[-200:]))
+
+    def mkdirs(self, dirs):
+        self._call(self.mkdirs_cmd(dirs))
+
+    def remove(self, paths):
+        self._call(self.remove_cmd(paths))
+
+    def put(self, local, remote):
+        self._call(self.put_cmd(local, remote), capture=True)
+
+    def reset(self):
+        self._call(self.reset_cmd())
+
+    def commands(self, paths, dirs, remove, copy, manifest_local):
+        """Every command a deploy runs, in order (what --dry-run prints)."""
+        cmds = [self.probe_cmd(paths)]
+        if remove:
+            cmds.append(self.remove_cmd(remove))
+        if dirs:
+            cmds.append(self.mkdirs_cmd(dirs))
+        cmds += [self.put_cmd(item.local, item.remote) for item in copy]
+        return cmds + [self.put_cmd(manifest_local, MANIFEST), self.reset_cmd()]
+
+
+class FolderDevice:
+    """A local folder standing in for the device's file system; the same sync, no board."""
+
+    def __init__(self, folder, mpy_value):
+        self.folder, self.mpy_value = Path(folder), mpy_value
+        self.label = "folder %s" % shown_path(folder)
+
+    def _path(self, remote):
+        return self.folder / remote.lstrip("/")
+
+    def _state(self, remote):
+        try:
+            data = self._path(remote).read_bytes()
+        except OSError:
+            return None
+        return [len(data), hashlib.sha256(data).hexdigest()]
+
+    def probe(self, paths):
+        try:
+            manifest = json.loads(self._path(MANIFEST).read_text())
+        except (OSError, ValueError):
+            manifest = None
+        paths = list(paths)
+        if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict):
+            paths += list(manifest["files"])
+        return {"mpy": self.mpy_value, "version": None, "machine": "folder", "manifest": manifest,
+                "files": {p: self._state(p) for p in paths}}
+
+    def mkdirs(self, dirs):
+        for d in dirs:
+            self._path(d).mkdir(parents=True, exist_ok=True)
+
+    def remove(self, paths):
+        for p in paths:
+            try:
+                self._path(p).unlink()
+            except FileNotFoundError:
+                pass
+
+    def put(self, local, remote):
+        shutil.copyfile(local, self._path(remote))
+
+    def reset(self):
+        pass
+
+
+# ---- checks ----------------------------------------------------------------------------------
+
+
+def check_device(probe, items, board_name, chip, cross_sub):
+    """Refuse (ToolError) a device that cannot load the files; return warnings."""
+    value = probe.get("mpy") or 0
+    if not value:
+        raise ToolError("the device reports no sys.implementation._mpy: this MicroPython cannot "
+                        "import .mpy files")
+    for item in items:
+        if item.header:
+            reason = mpy.incompatibility(value, item.header, item.remote)
+            if reason:
+                raise ToolError(reason)
+    version, sub, arch = mpy.decode_sys_mpy(value)
+    want = CHIPS[chip]["march"]
+    if want and arch and mpy.arch_name(arch) != want:
+        raise ToolError("the device runs MicroPython for %s, but board '%s' has chip %s (%s): "
+                        "wrong board connected, or wrong BOARD=?"
+                        % (mpy.arch_name(arch), board_name, chip, want))
+    warnings = []
+    running = tuple(probe.get("version") or ())
+    if running and running < SUPPORTED:
+        warnings.append("the device runs MicroPython %s; this project is tested with %d.%d and "
+                        "newer" % (".".join(map(str, running)), *SUPPORTED))
+    elif sub != cross_sub:
+        warnings.append("the device's .mpy is v%d.%d, mpy-cross emits v%d.%d: bytecode loads "
+                        "(the sub-version only matters for native code)"
+                        % (version, sub, version, cross_sub))
+    return warnings
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+
+def _size(n):
+    return "{:,}".format(n)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="tools/deploy.py",
+        description="Compile lib/ and firmware/ to .mpy, check the device can load them, copy "
+                    "only what changed (and the merged board config as /board.json), reset.",
+        epilog="Secrets: boards/NAME.secrets.json, boards/secrets.json and ./secrets.json "
+               "(git-ignored) are deep-merged over boards/NAME.json. Exit status: 0 done, "
+               "1 device or mpremote failure, 2 bad input or incompatible device.")
+    parser.add_argument("--board", help="board name: boards/NAME.json")
+    parser.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB0")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (files, sizes, commands); write nothing")
+    parser.add_argument("--force", action="store_true", help="copy every file, changed or not")
+    parser.add_argument("--boards-dir", default=str(ROOT / "boards"),
+                        help="where board files live (default: boards/)")
+    parser.add_argument("--build-dir", default=str(ROOT / "build" / "deploy"),
+                        help="where compiled files are staged (default: build/deploy/)")
+    parser.add_argument("--device-dir", metavar="DIR",
+                        help="sync into this local folder instead of a board (tests, unix port)")
+    parser.add_argument("--device-mpy", type=lambda s: int(s, 0), metavar="N",
+                        help="with --device-dir: the sys.implementation._mpy the folder's "
+                             "MicroPython reports (default: what mpy-cross emits for the chip)")
+    args = parser.parse_args(argv)
+
+    try:
+        config, info = load_config(args.board, args.boards_dir)
+        chip = config["chip"]
+        if chip == "unix" and not args.device_dir:
+            raise ToolError("board '%s' is the unix port: deploy into its file system with "
+                            "--device-dir DIR" % args.board)
+        if not (args.port or args.device_dir or args.dry_run):
+            raise ToolError("no serial port given (PORT=/dev/ttyUSB0; list them with "
+                            "`.venv/bin/python -m serial.tools.list_ports`)")
+        march = CHIPS[chip]["march"]
+        cross_text, cross_version, cross_sub = mpy.mpy_cross_version(mpy.mpy_cross_command())
+        items = stage(args.board, config, march, args.build_dir)
+    except ToolError as e:
+        return fail("deploy", e)
+
+    for warning in info["warnings"]:
+        print("deploy: warning: " + warning, file=sys.stderr)
+    if args.device_dir:
+        value = args.device_mpy
+        if value is None:  # what a MicroPython matching this mpy-cross reports on this chip
+            value = mpy.encode_sys_mpy(cross_version, cross_sub, march or "x64")
+        device = FolderDevice(args.device_dir, value)
+    else:
+        device = MpremoteDevice(args.port or "PORT")
+    sources = [shown_path(info["board_file"])] + [shown_path(p) for p in info["secrets"]]
+    print("board '%s' (chip %s) -> %s" % (args.board, chip, device.label))
+    print("config: %s%s -> %s" % (" + ".join(sources), " (%d secret value(s) merged, not shown)"
+                                  % info["n_secrets"] if info["n_secrets"] else "", CONFIG))
+    print("mpy-cross: %s%s" % (cross_text, ", -march=" + march if march else ""))
+
+    # Dry run against a board: the board is not contacted, so plan as if it were empty.
+    contact = not (args.dry_run and isinstance(device, MpremoteDevice))
+    try:
+        if contact:
+            probe = device.probe(probed(items))
+            warnings = check_device(probe, items, args.board, chip, cross_sub)
+            running = probe.get("version")
+            print("device: %s.mpy %s" % ("MicroPython %s, " % ".".join(map(str, running))
+                                         if running else "", mpy.describe_sys_mpy(probe["mpy"])))
+            for warning in warnings:
+                print("deploy: warning: " + warning, file=sys.stderr)
+        else:
+            probe = {"manifest": None, "files": {}}
+            print("device: not contacted (dry run); it must load .mpy v%d%s. A real run asks it "
+                  "for the sha256 of each file and copies only what changed" % (
+                      cross_version, " (arch %s)" % march if march else ""))
+    except ToolError as e:
+        return fail("deploy", e)
+    except DeviceError as e:
+        return fail("deploy", e, 1)
+
+    copy, same, remove = plan(items, probe, args.force)
+    print_plan(items, copy, same, remove)
+    dirs = parents(item.remote for item in copy)
+    manifest_local = Path(args.build_dir) / args.board / MANIFEST.lstrip("/")
+    if args.dry_run:
+        if isinstance(device, MpremoteDevice):
+            print("commands (a real run skips the copies of unchanged files):")
+            for cmd in device.commands(probed(items), dirs, remove, copy, manifest_local):
+                print("  " + shlex.join(cmd))
+        print("dry run: nothing was written")
+        return 0
+    try:
+        execute(device, items, copy, remove, dirs, probe.get("manifest"), manifest_local)
+    except DeviceError as e:
+        return fail("deploy", "%s (run deploy again: it resumes where this one stopped)" % e, 1)
+    print("deployed: %d copied, %d unchanged, %d removed%s" % (
+        len(copy), len(same), len(remove), "; board reset" if isinstance(device, MpremoteDevice)
+        else ""))
+    return 0
+
+
+def print_plan(items, copy, same, remove):
+    print("plan: %d to copy (%s bytes), %d unchanged, %d to remove" % (
+        len(copy), _size(sum(i.size for i in copy)), len(same), len(remove)))
+    width = max(len(i.remote) for i in items)
+    for item in items:
+        print("  %-9s %8s  %-*s  <- %s" % ("copy" if item in copy else "unchanged",
+                                           _size(item.size), width, item.remote, item.source))
+    for path in remove:
+        print("  %-9s %8s  %s" % ("remove", "", path))
+
+
+def execute(device, items, copy, remove, dirs, old_manifest, manifest_local):
+    """Carry out the plan, with progress; the manifest goes last. Raises DeviceError."""
+    if remove:
+        print("removing %d file(s)" % len(remove), flush=True)
+        device.remove(remove)
+    if dirs:
+        device.mkdirs(dirs)
+    for n, item in enumerate(copy, 1):
+        print("[%d/%d] %s (%s bytes)" % (n, len(copy), item.remote, _size(item.size)), flush=True)
+        device.put(item.local, item.remote)
+    manifest = manifest_of(items)
+    if manifest != old_manifest:
+        manifest_local.write_text(json.dumps(manifest, sort_keys=True), encoding="utf-8")
+        device.put(manifest_local, MANIFEST)
+    device.reset()
+
+if __name__ == "__main__":
+    sys.exit(main())
