@@ -18,6 +18,7 @@ def test_chaos_no_loss_no_duplicate(rt, tmp_path):
     assert r["lost_qos1"] == 0, r
     assert r["lost_qos2"] == 0, r
     assert r["duplicated_qos2"] == 0, r
+    assert r["crashes"] == [], r
     # the unix port runs in a fixed 128K heap (a MemoryError would have killed it);
     # CPython's resident size stays flat
     limit = 60000 if rt.name == "cpython" else 16000

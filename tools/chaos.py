@@ -141,6 +141,7 @@ class Chaos:
         self.pub_lines = []
         self.sub_lines = []
         self.procs = []
+        self.crashes = []  # client processes that died on their own: always a finding
 
     # ---- processes ----------------------------------------------------------------
     def _script(self, name, text):
@@ -232,6 +233,17 @@ class Chaos:
             self.sub = self._start_subscriber()
             self._wait_ready(n)
 
+    def _check_crashed(self):
+        """A client that died by itself is recorded and restarted, so the run goes on."""
+        if not self.pub.alive() and not any(ln.startswith("DONE") for ln in self.pub_lines):
+            self.crashes.append("publisher: " + " | ".join(self.pub.err[-3:]))
+            self.pub = self._start_publisher(self._next_index(), self._remaining())
+        if not self.sub.alive():
+            self.crashes.append("subscriber: " + " | ".join(self.sub.err[-3:]))
+            n = sum(1 for ln in self.sub_lines if ln == "READY")
+            self.sub = self._start_subscriber()
+            self._wait_ready(n)
+
     def _remaining(self):
         return max(0, self.total - self._next_index())
 
@@ -242,7 +254,7 @@ class Chaos:
         self.pub_ring = os.path.join(self.dir, "pub.ring")
         self.sub_ring = os.path.join(self.dir, "sub.ring")
         self.broker = Mosquitto(os.path.join(self.dir, "broker"), persistence=True,
-                                conf="max_inflight_messages 1000\nmax_queued_messages 1000000").start()
+                                conf="max_inflight_messages 100\nmax_queued_messages 1000000").start()
         self.pub_proxy = FaultProxy(self.broker.host, self.broker.port).start()
         self.sub_proxy = FaultProxy(self.broker.host, self.broker.port).start()
         t_start = time.monotonic()
@@ -257,21 +269,21 @@ class Chaos:
                 time.sleep(self.rng.uniform(0.3, 1.2))
                 for p in (self.pub, self.sub):
                     p.sample_rss()
+                self._check_crashed()
                 self.fault()
             self.log("faults over; waiting for the publisher to finish")
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 for p in (self.pub, self.sub):
                     p.sample_rss()
-                if not self.pub.alive():
-                    if any(ln.startswith("DONE") for ln in self.pub_lines):
-                        break
-                    # it died on its own: restart it (counts as a finding in the report)
-                    self.pub = self._start_publisher(self._next_index(), self._remaining())
+                if not self.pub.alive() and any(ln.startswith("DONE") for ln in self.pub_lines):
+                    break
+                self._check_crashed()
                 time.sleep(0.2)
             accepted = self._accepted()
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and not self._all_seen(accepted):
+                self._check_crashed()
                 time.sleep(0.2)
             time.sleep(1.0)  # late duplicates would show up now
         finally:
@@ -317,6 +329,7 @@ class Chaos:
             "duplicated_qos1": sum(n - 1 for m, n in got.items() if m.endswith(" 1") and n > 1),
             "duplicated_qos2": sum(n - 1 for m, n in got.items() if m.endswith(" 2") and n > 1),
             "delivered": sum(got.values()),
+            "crashes": self.crashes,
             "publisher_max_rss_kb": max([p.max_rss_kb for p in self.procs if p.lines is self.pub_lines] or [0]),
             "subscriber_max_rss_kb": max([p.max_rss_kb for p in self.procs if p.lines is self.sub_lines] or [0]),
             "publisher_done": [ln for ln in self.pub_lines if ln.startswith("DONE")][-1:],
@@ -330,7 +343,7 @@ def summary(r):
     return ("%(runtime)s: %(seconds)ss, %(faults_total)d faults %(faults)s; accepted QoS 1 %(accepted_qos1)d, "
             "QoS 2 %(accepted_qos2)d; lost QoS 1 %(lost_qos1)d, QoS 2 %(lost_qos2)d; duplicated QoS 2 "
             "%(duplicated_qos2)d (QoS 1 %(duplicated_qos1)d, allowed); max RSS publisher %(publisher_max_rss_kb)d KB, "
-            "subscriber %(subscriber_max_rss_kb)d KB" % r)
+            "subscriber %(subscriber_max_rss_kb)d KB; client crashes %(ncrash)d" % dict(r, ncrash=len(r["crashes"])))
 
 
 def main(argv):
@@ -345,7 +358,7 @@ def main(argv):
     a = ap.parse_args(argv)
     r = Chaos(a.runtime, a.seconds, a.rate, a.seed, log=lambda s: print(s, file=sys.stderr)).run()
     print(json.dumps(r, indent=1) if a.json else summary(r))
-    ok = r["lost_qos1"] == 0 and r["lost_qos2"] == 0 and r["duplicated_qos2"] == 0
+    ok = r["lost_qos1"] == 0 and r["lost_qos2"] == 0 and r["duplicated_qos2"] == 0 and not r["crashes"]
     return 0 if ok else 1
 
 
