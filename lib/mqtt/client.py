@@ -263,8 +263,8 @@ class MQTTClient:
             raise
         self.sock = s
         self._raw = raw
-        self._poll_in = compat.poller(s, compat.POLLIN)
-        self._poll_out = compat.poller(s, compat.POLLOUT)
+        self._poll_in = compat.poller(s)
+        self._poll_out = compat.poller(s, True)
         sess = self.session
         try:
             sess.connect(self.client_id, self._clean, self.keepalive, ticks_ms(), self.lw,

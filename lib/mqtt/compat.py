@@ -5,24 +5,20 @@ import sys
 import errno
 import socket
 import select
+from os import urandom  # noqa: F401
 
 MICROPYTHON = sys.implementation.name == "micropython"
 
-# errno names, never numbers: a socket timeout is EAGAIN on the unix port and
-# ETIMEDOUT on ESP32; CPython raises BlockingIOError (EAGAIN/EWOULDBLOCK).
-_WOULD_BLOCK = (errno.EAGAIN, getattr(errno, "EWOULDBLOCK", errno.EAGAIN), errno.ETIMEDOUT)
-_IN_PROGRESS = (errno.EINPROGRESS, getattr(errno, "EALREADY", errno.EINPROGRESS))
-
 if MICROPYTHON:
+    # const(): the compiler folds `_NAME = const(int)` into every use and stores nothing
+    from micropython import const  # noqa: F401
     from time import ticks_ms, ticks_diff, ticks_add, sleep_ms  # noqa: F401
-    from os import urandom  # noqa: F401
-
-    def _err(e):
-        return e.errno if hasattr(e, "errno") else e.args[0]
 
 else:
     import time
-    from os import urandom  # noqa: F401
+
+    def const(x):
+        return x
 
     def ticks_ms():
         return time.monotonic_ns() // 1000000
@@ -36,22 +32,18 @@ else:
     def sleep_ms(ms):
         time.sleep(ms / 1000)
 
-    def _err(e):
-        return e.errno
+
+# errno names, never numbers: a socket timeout is EAGAIN on the unix port and
+# ETIMEDOUT on ESP32; CPython raises BlockingIOError (EAGAIN/EWOULDBLOCK).  Every
+# exception has .errno on MicroPython (it is args[0]).
+_WOULD_BLOCK = (errno.EAGAIN, getattr(errno, "EWOULDBLOCK", errno.EAGAIN), errno.ETIMEDOUT)
+_CONNECTING = _WOULD_BLOCK + (errno.EINPROGRESS, getattr(errno, "EALREADY", errno.EINPROGRESS))
 
 
-def would_block(e):
-    return _err(e) in _WOULD_BLOCK
-
-
-POLLIN = select.POLLIN
-POLLOUT = select.POLLOUT
-POLLERR = select.POLLERR | select.POLLHUP
-
-
-def poller(sock, mask):
+def poller(sock, out=False):
+    """A poll object for the socket becoming readable (or writable: out=True)."""
     p = select.poll()
-    p.register(sock, mask)
+    p.register(sock, select.POLLOUT if out else select.POLLIN)
     return p
 
 
@@ -74,18 +66,19 @@ def open_tcp(host, port, timeout_ms):
     s = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
     try:
         # Without TCP_NODELAY, Nagle + delayed ACK stall every small packet ~40 ms.
-        # The unix port lacks the constants: Linux and lwIP both use 6 and 1.
+        # IPPROTO_TCP and TCP_NODELAY are 6 and 1 on Linux, BSD, Windows and lwIP (the
+        # unix port lacks the names).
         try:
-            s.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
+            s.setsockopt(6, 1, 1)
         except OSError:
             pass  # some ports refuse it; only latency suffers
         s.setblocking(False)
         try:
             s.connect(ai[-1])
         except OSError as e:
-            if _err(e) not in _IN_PROGRESS and not would_block(e):
+            if e.errno not in _CONNECTING:
                 raise
-        if not wait(poller(s, POLLOUT), timeout_ms):
+        if not wait(poller(s, True), timeout_ms):
             raise OSError(errno.ETIMEDOUT, "connect timed out")
         if not MICROPYTHON:
             err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -123,27 +116,27 @@ def wrap_tls(s, server, params, timeout_ms):
     import ssl
 
     ctx = params.get("context")
-    hostname = params.get("server_hostname", server)
     if ctx is None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ca = params.get("cafile") or params.get("cadata")
-        if not ca or params.get("cert_reqs", ssl.CERT_REQUIRED) == ssl.CERT_NONE:
+        ca = params.get("cafile")
+        cadata = params.get("cadata")
+        if not (ca or cadata) or params.get("cert_reqs", ssl.CERT_REQUIRED) == ssl.CERT_NONE:
             if not MICROPYTHON:
                 ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         else:
             ctx.verify_mode = ssl.CERT_REQUIRED
-            if params.get("cafile"):
-                ctx.load_verify_locations(cafile=params["cafile"])
+            if ca:
+                ctx.load_verify_locations(cafile=ca)
             else:
-                ctx.load_verify_locations(cadata=params["cadata"])
+                ctx.load_verify_locations(cadata=cadata)
         cert = params.get("certfile") or params.get("cert")
         if cert:
             ctx.load_cert_chain(cert, params.get("keyfile") or params.get("key"))
     s.setblocking(True)
     s.settimeout(timeout_ms / 1000)
     try:
-        t = ctx.wrap_socket(s, server_hostname=hostname)
+        t = ctx.wrap_socket(s, server_hostname=params.get("server_hostname", server))
     except ValueError as e:
         # MicroPython reports a failed verification as ValueError; make it an OSError
         # like CPython's SSLCertVerificationError, so callers catch one kind.
@@ -157,19 +150,18 @@ if MICROPYTHON:
     def send(s, buf, off, n):
         """Write up to n bytes of buf from off; return the count written (0 if it would block)."""
         try:
-            r = s.write(buf, off, n)  # stream write(buf, off, max): no slice allocated
+            return s.write(buf, off, n) or 0  # stream write(buf, off, max): no slice allocated
         except OSError as e:
-            if would_block(e):
+            if e.errno in _WOULD_BLOCK:
                 return 0
             raise
-        return r or 0
 
     def recv_into(s, mv):
         """Read into memoryview mv; return bytes read, -1 if it would block, 0 at EOF."""
         try:
             r = s.readinto(mv)
         except OSError as e:
-            if would_block(e):
+            if e.errno in _WOULD_BLOCK:
                 return -1
             raise
         return -1 if r is None else r
@@ -177,20 +169,20 @@ if MICROPYTHON:
 else:
     import ssl as _ssl
 
-    _SSL_WANT = (_ssl.SSLWantReadError, _ssl.SSLWantWriteError)
+    _SSL_WANT = (BlockingIOError, InterruptedError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError)
 
     def send(s, buf, off, n):
         try:
             return s.send(memoryview(buf)[off : off + n])
-        except (BlockingIOError, InterruptedError) + _SSL_WANT:
+        except _SSL_WANT:
             return 0
 
     def recv_into(s, mv):
         try:
             return s.recv_into(mv)
-        except (BlockingIOError, InterruptedError) + _SSL_WANT:
+        except _SSL_WANT:
             return -1
 
 
 def random_hex(n):
-    return "".join("%02x" % b for b in urandom(n))
+    return ("%02x" * n) % tuple(urandom(n))

@@ -19,29 +19,37 @@
 import struct
 from binascii import crc32
 
-from .store import MemoryStore, StoreFull, AWAIT_PUBACK, AWAIT_PUBREC, AWAIT_PUBCOMP
-from .compat import MICROPYTHON
+from .store import MemoryStore, StoreFull
+from .compat import const, MICROPYTHON
 
-SECTOR = 4096
-SEC_HDR = 20   # magic 4, generation u32, erase count u32, base seq u32, crc u32
-REC_HDR = 14   # type u8, flags u8, body length u16, seq u32, pid u16, marks 4 (no CRC)
-MARKS = 10     # offset of the marks in a record: released u16, done u16
-VERSION = 2
+# The format (docs/ring-format.md).  const(): folded into the code; the names without
+# an underscore stay importable (tools/ringdump.py reads files with them).
+SECTOR = const(4096)
+SEC_HDR = const(20)  # magic 4, generation u32, erase count u32, base seq u32, crc u32
+REC_HDR = const(14)  # type u8, flags u8, body length u16, seq u32, pid u16, marks 4 (no CRC)
+MARKS = const(10)    # offset of the marks in a record: released u16, done u16
+VERSION = const(2)
 MAGIC = b"RQ\x02\xa5"
 
-PUB = 1
-REL = 2
-DONE = 3
-IN_ADD = 4
-IN_DEL = 5
-CLEAR = 6
-TYPES = {PUB: "PUB", REL: "REL", DONE: "DONE", IN_ADD: "IN_ADD", IN_DEL: "IN_DEL", CLEAR: "CLEAR"}
+# record types
+PUB = const(1)
+_REL = const(2)
+_DONE = const(3)
+_IN_ADD = const(4)
+_IN_DEL = const(5)
+_CLEAR = const(6)
+TYPES = {PUB: "PUB", _REL: "REL", _DONE: "DONE", _IN_ADD: "IN_ADD", _IN_DEL: "IN_DEL", _CLEAR: "CLEAR"}
 
-F_RETAIN = 4
-F_RELEASED = 8  # a PUB copied while its PUBREL was owed
+# PUB flags: bits 0-1 QoS, then
+F_RETAIN = const(4)
+F_RELEASED = const(8)  # a PUB copied while its PUBREL was owed
+
+# sender states (store.py)
+_AWAIT_PUBACK = const(1)
+_AWAIT_PUBREC = const(2)
+_AWAIT_PUBCOMP = const(3)
 
 _FF = b"\xff" * 256
-_ZERO2 = b"\x00\x00"
 
 
 class RingError(Exception):
@@ -51,23 +59,12 @@ class RingError(Exception):
 
 def rec_size(body):
     """Bytes a record with a body of `body` bytes takes (CRC included, 4-byte aligned)."""
-    return (REC_HDR + body + 4 + 3) & ~3
+    return (body + REC_HDR + 7) & ~3
 
 
 def record_bytes(topic_len, payload_len):
     """Ring bytes one message takes (its PUB record; its DONE adds rec_size(0))."""
     return rec_size(6 + topic_len + payload_len)
-
-
-def max_message(topic_len):
-    """Largest payload a ring record holds for a topic of topic_len bytes."""
-    return SECTOR - SEC_HDR - rec_size(6) - topic_len
-
-
-def _crc(mv, start, end, crc=0):
-    """CRC of a record's CRC'd bytes: header without the marks, then the body."""
-    crc = crc32(mv[start : start + MARKS], crc)
-    return crc32(mv[start + REC_HDR : end], crc)
 
 
 class RingStore(MemoryStore):
@@ -83,63 +80,48 @@ class RingStore(MemoryStore):
         cache: payloads kept in RAM; the others are read back from the file when sent.
         log: callable(str) for recovery notes (skipped records and why)."""
         MemoryStore.__init__(self, capacity)
-        self.path = path
-        self.nsec = size // SECTOR
-        if self.nsec < 3:
+        self.nsec = n = size // SECTOR
+        if n < 3:
             raise ValueError("ring size must be at least 3 sectors (12288 bytes)")
-        self.size = self.nsec * SECTOR
+        self.path = path
+        self.size = n * SECTOR
         self.sync_every = sync_every
         self.cache = cache
         self.log = log
-        self.loc = [0] * capacity     # file offset of each slot's PUB record
-        self.inloc = {}               # inbound pid -> offset of its IN_ADD record
-        self.gen = [0] * self.nsec    # sector generation (0: free)
-        self.erases = [0] * self.nsec
-        self.fill = [0] * self.nsec   # next write offset inside the sector
-        self.used = []                # sectors in generation order (oldest first)
+        self.loc = [0] * capacity  # file offset of each slot's PUB record
+        self.inloc = {}            # inbound pid -> offset of its IN_ADD record
+        self.erases = [0] * n
+        self.fill = [0] * n        # next write offset inside the sector
+        self.used = []             # sectors in generation order (oldest first)
         self.free = []
-        self.skipped = 0              # corrupt or torn records/sectors found at recovery
         self.reasons = []
-        self.bytes_written = 0
-        self.records_written = 0
-        self.syncs = 0
-        self._unsynced = 0
-        self._cached = 0
-        self._seq_rec = 0
-        self._gen = 0
+        self.skipped = 0           # corrupt or torn records/sectors found at recovery
+        self.bytes_written = self.records_written = self.syncs = 0
+        self._unsynced = self._cached = self._seq_rec = self._gen = 0
         self._buf = bytearray(256)  # grows to the largest record written
         self._mv = memoryview(self._buf)
-        self._f = None
-        self._open()
-
-    # ---- file -------------------------------------------------------------------
-    def _open(self):
         import os
 
         try:
-            length = os.stat(self.path)[6]
-            exists = True
+            length = os.stat(path)[6]
         except OSError:
-            exists = False
-            length = 0
+            length = -1
         try:
-            self._f = open(self.path, "r+b" if exists else "w+b")
+            self._f = open(path, "r+b" if length >= 0 else "w+b")
         except OSError as e:
-            raise RingError("cannot open ring file %s: %s" % (self.path, e))
-        if length == 0:
-            for s in range(self.nsec):
-                self._erase(s, count=False)
+            raise RingError("cannot open ring file %s: %s" % (path, e))
+        if length > 0:
+            if length != self.size:
+                self._note("file is %d bytes, not %d: %s" % (length, self.size, "missing sectors reformatted"
+                                                              if length < self.size else "the rest is ignored"))
+            self._recover(length)
+        else:
+            for s in range(n):
+                self._erase(s, False)
             self._sync()
-            self.free = list(range(self.nsec))
-            return
-        if length < self.size:
-            self._note("file is %d bytes, expected %d: truncated; the missing sectors are reformatted"
-                       % (length, self.size))
-        elif length > self.size:
-            self._note("file is %d bytes, larger than the configured %d: the rest is ignored"
-                       % (length, self.size))
-        self._recover(length)
+            self.free = list(range(n))
 
+    # ---- file -------------------------------------------------------------------
     def close(self):
         if self._f:
             self.commit()
@@ -188,26 +170,17 @@ class RingStore(MemoryStore):
         """'Erase' a sector: all 0xFF, as erased flash."""
         f = self._f
         f.seek(s * SECTOR)
-        for _ in range(SECTOR // len(_FF)):
+        for _ in range(SECTOR // 256):
             f.write(_FF)
         self.bytes_written += SECTOR
         if count:
             self.erases[s] += 1
-        self.gen[s] = 0
         self.fill[s] = 0
-
-    def _erased(self, s, length):
-        """True if sector s reads as all 0xFF (then it needs no erase: no wear)."""
-        return (s + 1) * SECTOR <= length and self._blank(s * SECTOR, SECTOR)
 
     def _open_sector(self, s):
         self._gen += 1
-        self.gen[s] = self._gen
-        h = bytearray(SEC_HDR)
-        h[0:4] = MAGIC
-        struct.pack_into("<III", h, 4, self._gen, self.erases[s], self._seq_rec + 1)
-        struct.pack_into("<I", h, 16, crc32(h[:16]))
-        self._write(s * SECTOR, h, SEC_HDR)
+        h = struct.pack("<4sIII", MAGIC, self._gen, self.erases[s], self._seq_rec + 1)
+        self._write(s * SECTOR, h + struct.pack("<I", crc32(h)), SEC_HDR)
         self.fill[s] = SEC_HDR
         self.used.append(s)
 
@@ -225,24 +198,26 @@ class RingStore(MemoryStore):
         size = rec_size(n)
         if size > SECTOR - SEC_HDR:
             raise ValueError("message too large for a ring record (%d bytes, max %d)" % (size, SECTOR - SEC_HDR))
-        off = self._room(size)
+        off = self._room(size)  # may reclaim, which appends copies: fill the buffer after
         self._seq_rec += 1
         if size > len(self._buf):
             self._buf = bytearray(size)
             self._mv = memoryview(self._buf)
         b = self._buf
+        mv = self._mv
+        end = REC_HDR + n
         if copy_from:
             self._f.seek(copy_from[0] + REC_HDR)
-            self._f.readinto(self._mv[REC_HDR : REC_HDR + n])
-        elif rtype == PUB:
+            self._f.readinto(mv[REC_HDR:end])
+        elif n:
             tl = len(topic)
             struct.pack_into("<IH", b, REC_HDR, order, tl)
-            p = REC_HDR + 6
-            b[p : p + tl] = topic
-            b[p + tl : REC_HDR + n] = msg
-        struct.pack_into("<BBHIHI", b, 0, rtype, flags, n, self._seq_rec, pid, 0xFFFFFFFF)
-        end = REC_HDR + n
-        struct.pack_into("<I", b, end, _crc(self._mv, 0, end))
+            p = REC_HDR + 6 + tl
+            b[REC_HDR + 6 : p] = topic
+            b[p:end] = msg
+        struct.pack_into("<BBHIHi", b, 0, rtype, flags, n, self._seq_rec, pid, -1)  # marks: 0xFF
+        # the CRC covers the header without the marks, and the body
+        struct.pack_into("<I", b, end, crc32(mv[REC_HDR:end], crc32(mv[:MARKS])))
         for i in range(end + 4, size):
             b[i] = 0xFF
         self._write(off, b, size)
@@ -252,7 +227,7 @@ class RingStore(MemoryStore):
 
     def _mark(self, off, which):
         """Set a mark (0: released, 2: done) of the record at off, in place."""
-        self._write(off + MARKS + which, _ZERO2, 2)
+        self._write(off + MARKS + which, b"\0\0", 2)
 
     def _room(self, size):
         """Offset where `size` bytes fit at the head, reclaiming old sectors if needed.
@@ -275,16 +250,13 @@ class RingStore(MemoryStore):
             return False
         t = self.used[0]
         lo = t * SECTOR
-        hi = lo + SECTOR
-        live = [i for i in range(self.capacity) if self.pid[i] and lo <= self.loc[i] < hi]
-        inbound = [p for p in self.inloc if lo <= self.inloc[p] < hi]
+        live = [i for i in range(self.capacity) if self.pid[i] and lo <= self.loc[i] < lo + SECTOR]
+        inbound = [p for p in self.inloc if lo <= self.inloc[p] < lo + SECTOR]
         if live or inbound:
-            need = 0
+            need = len(inbound) * rec_size(0)
             for i in live:
                 need += rec_size(self._read_hdr(self.loc[i])[2])
-            need += len(inbound) * rec_size(0)
-            h = self.used[-1]
-            if self.fill[h] + need > SECTOR:
+            if self.fill[self.used[-1]] + need > SECTOR:
                 if not self.free:
                     return False
                 self._open_sector(self.free.pop(0))
@@ -292,10 +264,10 @@ class RingStore(MemoryStore):
             for i in live:
                 old = self.loc[i]
                 hdr = self._read_hdr(old)
-                flags = hdr[1] | (F_RELEASED if self.state[i] == AWAIT_PUBCOMP else 0)
+                flags = hdr[1] | (F_RELEASED if self.state[i] == _AWAIT_PUBCOMP else 0)
                 self.loc[i] = self._append(PUB, flags, self.pid[i], copy_from=(old, hdr[2]))
             for p in inbound:
-                self.inloc[p] = self._append(IN_ADD, 0, p)
+                self.inloc[p] = self._append(_IN_ADD, 0, p)
             self._sync()  # the copies must be durable before the originals go
         self.used.pop(0)
         self._erase(t)
@@ -304,6 +276,7 @@ class RingStore(MemoryStore):
         return True
 
     def _read_hdr(self, off):
+        """(type, flags, body length, seq, pid) of the record at off."""
         hb = bytearray(REC_HDR)
         self._f.seek(off)
         self._f.readinto(hb)
@@ -313,8 +286,7 @@ class RingStore(MemoryStore):
     def add(self, pid, qos, retain, topic, msg):
         if self.count >= self.capacity:
             raise StoreFull("flash ring index full (%d messages)" % self.capacity)
-        flags = qos | (F_RETAIN if retain else 0)
-        off = self._append(PUB, flags, pid, topic, msg, self._seq + 1)
+        off = self._append(PUB, qos | (F_RETAIN if retain else 0), pid, topic, msg, self._seq + 1)
         self._changed()
         i = MemoryStore.add(self, pid, qos, retain, topic, msg)  # takes seq _seq + 1
         self.loc[i] = off
@@ -327,24 +299,23 @@ class RingStore(MemoryStore):
     def load(self, i):
         """Read slot i's topic and payload back from its PUB record."""
         off = self.loc[i]
-        n = self._read_hdr(off)[2]
-        body = bytearray(n)
+        body = bytearray(self._read_hdr(off)[2])
         self._f.seek(off + REC_HDR)
         self._f.readinto(body)
-        tl = struct.unpack_from("<H", body, 4)[0]
+        tl = body[4] | body[5] << 8
         self.topic[i] = bytes(body[6 : 6 + tl])
-        self.msg[i] = bytes(body[6 + tl :])
+        self.msg[i] = m = bytes(body[6 + tl :])
         self._cached += 1
-        return self.msg[i]
+        return m
 
     def set_state(self, i, state):
-        if state == AWAIT_PUBCOMP and self.state[i] != AWAIT_PUBCOMP:
-            self._append(REL, 0, self.pid[i])
+        if state == _AWAIT_PUBCOMP and self.state[i] != _AWAIT_PUBCOMP:
+            self._append(_REL, 0, self.pid[i])
             self._mark(self.loc[i], 0)
             # lazy: if lost, the PUBLISH is resent (DUP) instead of the PUBREL and the
             # broker, still holding it, answers PUBREC again: no duplicate delivery
             self._changed(True)
-        elif state != AWAIT_PUBCOMP and self.state[i] == AWAIT_PUBCOMP:
+        elif state != _AWAIT_PUBCOMP and self.state[i] == _AWAIT_PUBCOMP:
             # the broker lost the session: restart the QoS 2 flow from a fresh PUB copy
             old = self.loc[i]
             self.loc[i] = self._append(PUB, self.qos[i] | (F_RETAIN if self.retain[i] else 0),
@@ -354,7 +325,7 @@ class RingStore(MemoryStore):
         self.state[i] = state
 
     def remove(self, i):
-        self._append(DONE, 0, self.pid[i])
+        self._append(_DONE, 0, self.pid[i])
         self._mark(self.loc[i], 2)
         # QoS 1: lazy - a power cut before the next sync can only resend an acknowledged
         # message once more, which QoS 1 allows.  QoS 2: durable, or a resend after a
@@ -365,12 +336,12 @@ class RingStore(MemoryStore):
         MemoryStore.remove(self, i)
 
     def in_add(self, pid):
-        self.inloc[pid] = self._append(IN_ADD, 0, pid)
+        self.inloc[pid] = self._append(_IN_ADD, 0, pid)
         self._changed()
         MemoryStore.in_add(self, pid)
 
     def in_remove(self, pid):
-        self._append(IN_DEL, 0, pid)
+        self._append(_IN_DEL, 0, pid)
         off = self.inloc.pop(pid, None)
         if off is not None:
             self._mark(off, 2)
@@ -388,7 +359,7 @@ class RingStore(MemoryStore):
                 self._mark(self.loc[i], 2)
         for off in self.inloc.values():
             self._mark(off, 2)
-        self._append(CLEAR, 0, 0)
+        self._append(_CLEAR, 0, 0)
         self._changed()
         MemoryStore.clear(self)
         self.inloc = {}
@@ -402,31 +373,31 @@ class RingStore(MemoryStore):
         foreign = 0
         for s in range(self.nsec):
             if (s + 1) * SECTOR > length:
-                order.append((0, 0, s))
+                order.append((0, 0, s))  # missing from the file
                 continue
             f.seek(s * SECTOR)
             f.readinto(hdr)
-            if hdr[0:4] == MAGIC and struct.unpack_from("<I", hdr, 16)[0] == crc32(memoryview(hdr)[:16]):
+            if hdr[:4] == MAGIC and struct.unpack_from("<I", hdr, 16)[0] == crc32(memoryview(hdr)[:16]):
                 g, e, base = struct.unpack_from("<III", hdr, 4)
                 self.erases[s] = e
                 order.append((g, base, s))
+            elif hdr == _FF[:SEC_HDR]:
+                order.append((-1, 0, s))  # free
             else:
-                blank = hdr == _FF[:SEC_HDR]
-                if not blank:
-                    foreign += 1
-                    self._note("sector %d: bad header (torn erase or foreign data)" % s)
-                order.append((-1 if blank else 0, 0, s))
+                foreign += 1
+                self._note("sector %d: bad header (torn erase or foreign data)" % s)
+                order.append((0, 0, s))
         if foreign == self.nsec:
             raise RingError("%s is not a ring file (no valid sector header)" % self.path)
         order.sort()
         self._last = 0  # highest record sequence replayed
         for g, base, s in order:
             if g <= 0:
-                if not (g < 0 and self._erased(s, length)):
-                    self._erase(s, count=(s + 1) * SECTOR <= length)
+                # a free sector needs no erase (no wear) if it reads as all 0xFF
+                if not (g < 0 and self._blank(s * SECTOR, SECTOR)):
+                    self._erase(s, (s + 1) * SECTOR <= length)
                 self.free.append(s)
                 continue
-            self.gen[s] = g
             self._gen = max(self._gen, g)
             self.used.append(s)
             self.fill[s] = self._scan_sector(s, base)
@@ -443,14 +414,13 @@ class RingStore(MemoryStore):
         record if only erased space follows it, else SECTOR (never append after garbage)."""
         f = self._f
         hb = bytearray(REC_HDR + 4)
-        mv = memoryview(hb)
         base = s * SECTOR
         pos = end = SEC_HDR
         bad = False  # inside a run of garbage (noted once per run)
         while pos + REC_HDR + 4 <= SECTOR:
             f.seek(base + pos)
             f.readinto(hb)
-            if hb == _FF[: len(hb)] and self._blank(base + pos, SECTOR - pos):
+            if hb == _FF[: REC_HDR + 4] and self._blank(base + pos, SECTOR - pos):
                 break  # erased from here on
             rtype, flags, n, seq, pid = struct.unpack_from("<BBHIH", hb, 0)
             size = rec_size(n)
@@ -471,7 +441,7 @@ class RingStore(MemoryStore):
             order = 0
             if rtype == PUB and n >= 6:
                 f.seek(base + pos + REC_HDR)
-                f.readinto(mv[:4])
+                f.readinto(hb)
                 order = struct.unpack_from("<I", hb, 0)[0]
             self._replay(rtype, flags, pid, seq, base + pos, n, order, released, done)
             pos += size
@@ -482,11 +452,11 @@ class RingStore(MemoryStore):
         """True if n bytes at off read as erased (0xFF)."""
         f = self._f
         f.seek(off)
-        chunk = bytearray(len(_FF))
+        chunk = bytearray(256)
         while n > 0:
-            k = min(n, len(chunk))
+            k = min(n, 256)
             got = f.readinto(memoryview(chunk)[:k])
-            if got != k or (chunk if k == len(chunk) else chunk[:k]) != _FF[:k]:
+            if got != k or (chunk if k == 256 else chunk[:k]) != _FF[:k]:
                 return False
             n -= k
         return True
@@ -494,15 +464,14 @@ class RingStore(MemoryStore):
     def _crc_ok(self, off, n, hb):
         """CRC check of the record at off, body read in chunks (no sector buffer)."""
         f = self._f
+        mv = self._mv
         crc = crc32(memoryview(hb)[:MARKS])
         f.seek(off + REC_HDR)
-        left = n
-        buf = self._buf
-        while left:
-            k = min(left, len(buf))
-            f.readinto(self._mv[:k])
-            crc = crc32(self._mv[:k], crc)
-            left -= k
+        while n:
+            k = min(n, len(mv))
+            f.readinto(mv[:k])
+            crc = crc32(mv[:k], crc)
+            n -= k
         tail = bytearray(4)
         f.readinto(tail)
         return struct.unpack_from("<I", tail, 0)[0] == crc
@@ -518,37 +487,37 @@ class RingStore(MemoryStore):
                 if i >= 0:
                     MemoryStore.remove(self, i)
                 return
+            q = flags & 3
             if i < 0:
                 if self.count >= self.capacity:
                     self._note("record seq %d: more messages than capacity %d, dropped" % (seq, self.capacity))
                     return
-                i = MemoryStore.add(self, pid, flags & 3, bool(flags & F_RETAIN), None, None)
-            q = flags & 3
+                i = MemoryStore.add(self, pid, q, bool(flags & F_RETAIN), None, None)
             self.loc[i] = off
             self.qos[i] = q
             self.retain[i] = bool(flags & F_RETAIN)
             rel = released or flags & F_RELEASED
-            self.state[i] = AWAIT_PUBCOMP if rel else (AWAIT_PUBACK if q == 1 else AWAIT_PUBREC)
+            self.state[i] = _AWAIT_PUBCOMP if rel else (_AWAIT_PUBACK if q == 1 else _AWAIT_PUBREC)
             self.seq[i] = order
             self._seq = max(self._seq, order)
-        elif rtype in (REL, DONE):
+        elif rtype == _REL or rtype == _DONE:
             i = self.find(pid)
             if i >= 0:
-                if rtype == REL:
-                    self.state[i] = AWAIT_PUBCOMP
+                if rtype == _REL:
+                    self.state[i] = _AWAIT_PUBCOMP
                 else:
                     MemoryStore.remove(self, i)
-        elif rtype == IN_ADD:
+        elif rtype == _IN_ADD:
             if done:
                 return
             if pid not in self.inloc:
                 MemoryStore.in_add(self, pid)
             self.inloc[pid] = off
-        elif rtype == IN_DEL:
+        elif rtype == _IN_DEL:
             if pid in self.inloc:
                 del self.inloc[pid]
                 MemoryStore.in_remove(self, pid)
-        elif rtype == CLEAR:
+        elif rtype == _CLEAR:
             MemoryStore.clear(self)
             self.inloc = {}
 

@@ -25,50 +25,56 @@
 #            any id --PUBREL--> forget id, PUBCOMP
 # Unknown ids: PUBACK/PUBCOMP ignored, PUBREC answered with PUBREL, PUBREL with PUBCOMP.
 
-from .codec import (
-    CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK,
-    PINGREQ, PINGRESP, DISCONNECT, MQTTException, ProtocolError, MalformedPacket, name,
-    put_header, put_publish, put_ack, put_connect, put_subscribe, put_unsubscribe,
-    publish_size, connect_size, subscribe_size, unsubscribe_size, get_header, get_u16, check_utf8,
-)
-from .store import AWAIT_PUBACK, AWAIT_PUBREC, AWAIT_PUBCOMP
-from .compat import ticks_diff, ticks_add
+from .codec import MQTTException, ProtocolError, MalformedPacket, name, put_publish, put_ack, packet, \
+    connect_packet, check_utf8
+from .compat import const, ticks_diff, ticks_add
+
+# Packet types: the first byte without its flags [MQTT-2.2.1] (const copies, see codec.py)
+_CONNACK = const(0x20)
+_PUBLISH = const(0x30)
+_PUBACK = const(0x40)
+_PUBREC = const(0x50)
+_PUBREL = const(0x60)
+_PUBCOMP = const(0x70)
+_SUBSCRIBE = const(0x80)
+_SUBACK = const(0x90)
+_UNSUBSCRIBE = const(0xA0)
+_UNSUBACK = const(0xB0)
+_PINGREQ = const(0xC0)
+_PINGRESP = const(0xD0)
+_DISCONNECT = const(0xE0)
+
+# Sender states, as the store keeps them (the same values as store.py)
+_AWAIT_PUBACK = const(1)
+_AWAIT_PUBREC = const(2)
+_AWAIT_PUBCOMP = const(3)
+_AWAITS = const(("PUBACK", "PUBREC", "PUBCOMP"))  # what each state waits for, for messages
 
 # Events returned by next_event()
-CONNECTED = 1      # (CONNECTED, session_present)
-MESSAGE = 2        # (MESSAGE, topic, msg, qos, retain, dup, pid)
-SUBACKED = 3       # (SUBACKED, pid, return_codes)
-UNSUBACKED = 4     # (UNSUBACKED, pid)
-PONG = 5           # (PONG,)
-
-_PONG = (PONG,)
+CONNECTED = const(1)   # (CONNECTED, session_present)
+MESSAGE = const(2)     # (MESSAGE, topic, msg, qos, retain, dup, pid)
+SUBACKED = const(3)    # (SUBACKED, pid, return_codes)
+UNSUBACKED = const(4)  # (UNSUBACKED, pid, None)
+PONG = const(5)        # (PONG,)
 
 # Sender transitions: state << 8 | ack type -> new state (0 = complete).  Integer
 # keys: a tuple key would be allocated for every ack.
 SENDER = {
-    AWAIT_PUBACK << 8 | PUBACK: 0,
-    AWAIT_PUBREC << 8 | PUBREC: AWAIT_PUBCOMP,
-    AWAIT_PUBCOMP << 8 | PUBCOMP: 0,
-    AWAIT_PUBCOMP << 8 | PUBREC: AWAIT_PUBCOMP,
+    _AWAIT_PUBACK << 8 | _PUBACK: 0,
+    _AWAIT_PUBREC << 8 | _PUBREC: _AWAIT_PUBCOMP,
+    _AWAIT_PUBCOMP << 8 | _PUBCOMP: 0,
+    _AWAIT_PUBCOMP << 8 | _PUBREC: _AWAIT_PUBCOMP,
 }
-_ID_ACKS = (PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK)  # 2-byte packets holding an id
-_SERVER_MAY_NOT_SEND = (0, 0x10, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT, 0xF0)
 
 
 class ConnectRefused(MQTTException):
     """CONNACK return code != 0; args[0] is the code."""
 
-    MESSAGES = {
-        1: "unacceptable protocol version",
-        2: "identifier rejected",
-        3: "server unavailable",
-        4: "bad user name or password",
-        5: "not authorized",
-    }
-
     def __str__(self):
         rc = self.args[0]
-        return "connection refused, return code %d (%s)" % (rc, self.MESSAGES.get(rc, "reserved"))
+        return "connection refused, return code %d (%s)" % (rc, (
+            "unacceptable protocol version", "identifier rejected", "server unavailable",
+            "bad user name or password", "not authorized")[rc - 1] if 0 < rc < 6 else "reserved")
 
 
 class PacketTooLarge(ProtocolError):
@@ -93,38 +99,43 @@ class Session:
         self.ack_timeout_ms = ack_timeout_ms  # 0: no ack deadline
         self.retries = retries  # in-session resends of a QoS 1 PUBLISH or a PUBREL
         self.trace = None  # callable(str) to log every packet, or None
-        self.tx = bytearray(256)
-        self.txoff = 0
-        self.txn = 0  # tx[_txoff:txn] is waiting to be written
+        self.tx = bytearray(256)  # tx[txoff:txn] is waiting to be written
         self.rx = bytearray(256)
         self._rxview = memoryview(self.rx)
-        self._rxoff = 0
-        self._rxn = 0
-        self.keepalive_ms = 0
+        self.keepalive_ms = self._last_tx = 0
+        self.resends = 0  # in-session resends so far (for reports)
+        self._clean = True
+        self.reset()
+
+    def reset(self):
+        """Forget the connection (not the session): call when the socket is gone."""
         self.connected = False  # CONNACK accepted
         self.open = False       # CONNECT sent, DISCONNECT not sent
+        self.txoff = self.txn = self._rxoff = self._rxn = 0
+        self._need = 0          # size of the packet being received (see rx_space)
         self.inflight = 0       # store entries sent on this connection
         self.pending = {}       # SUBSCRIBE/UNSUBSCRIBE id -> number of filters (0 = unsubscribe)
-        self._clean = True
-        self._last_tx = 0
         self._ping_at = None
-        self._deadline = None  # earliest ack deadline of anything in flight
-        self.resends = 0       # in-session resends so far (for reports)
+        self._deadline = None   # earliest ack deadline of anything in flight
+        s = self.store
+        for i in range(s.capacity):
+            s.sent[i] = False
 
     # ---- output ---------------------------------------------------------------
     def _room(self, n, now):
-        """Make room for n more bytes in tx; returns the write offset."""
-        if self.txoff == self.txn:
-            self.txoff = self.txn = 0
-        if len(self.tx) - self.txn < n:
-            used = self.txn - self.txoff
-            new = bytearray(max(2 * len(self.tx), used + n))
-            new[:used] = self.tx[self.txoff : self.txn]
+        """Make room for n more bytes in tx; returns the write offset.  (txoff == txn
+        only when both are 0: written() and reset() keep it so.)"""
+        tx = self.tx
+        end = self.txn
+        if len(tx) - end < n:
+            used = end - self.txoff
+            new = bytearray(max(2 * len(tx), used + n))
+            new[:used] = tx[self.txoff : end]
             self.tx = new
             self.txoff = 0
-            self.txn = used
+            self.txn = end = used
         self._last_tx = now
-        return self.txn
+        return end
 
     def written(self, n):
         """n bytes of tx[txoff:txn] went out."""
@@ -132,48 +143,77 @@ class Session:
         if self.txoff >= self.txn:
             self.txoff = self.txn = 0
 
-    def _ack(self, ptype, pid, now):
-        pos = self._room(4, now)
-        self.txn = put_ack(self.tx, pos, ptype, pid)
+    def _send(self, data, now):
+        """Queue a whole packet (the rare kinds, built by codec.packet)."""
+        n = len(data)
+        pos = self._room(n, now)
+        self.tx[pos : pos + n] = data
+        self.txn = pos + n
         if self.trace:
-            self.trace("> %s pid=%d" % (name(ptype), pid))
+            self._tr(">", self.tx, pos)
+
+    def _ack(self, first, pid, now):
+        pos = self._room(4, now)
+        self.txn = put_ack(self.tx, pos, first, pid)
+        if self.trace:
+            self._tr(">", self.tx, pos)
+
+    def _publish(self, topic, msg, qos, retain, dup, pid, now):
+        pos = self._room(len(topic) + len(msg) + 9, now)
+        self.txn = put_publish(self.tx, pos, topic, msg, qos, retain, dup, pid)
+        if self.trace:
+            self._tr(">", self.tx, pos)
+
+    def _tr(self, d, b, p):
+        """Trace one line for the well-formed packet at b[p]; d is ">" (sent) or "<"
+        (received).  Called after a received packet has been validated."""
+        first = b[p]
+        t = first & 0xF0
+        rem = 0
+        shift = 0
+        while True:  # remaining length [MQTT-2.2.3]
+            p += 1
+            rem |= (b[p] & 0x7F) << shift
+            shift += 7
+            if b[p] < 0x80:
+                break
+        p += 1  # the variable header
+        s = d + " " + name(first)
+        if t == _PUBLISH:
+            q = first >> 1 & 3
+            tl = b[p] << 8 | b[p + 1]
+            s += " pid=%d qos=%d dup=%d retain=%d topic=%s len=%d" % (
+                b[p + tl + 2] << 8 | b[p + tl + 3] if q else 0, q, first >> 3 & 1, first & 1,
+                bytes(b[p + 2 : p + tl + 2]).decode(), rem - tl - (4 if q else 2))
+        elif t == 0x10:  # our CONNECT: protocol name and level, flags, keepalive, client id
+            s += " id=%s clean=%d keepalive=%d" % (
+                bytes(b[p + 12 : p + 12 + (b[p + 10] << 8 | b[p + 11])]).decode(), b[p + 7] >> 1 & 1,
+                b[p + 8] << 8 | b[p + 9])
+        elif t == _CONNACK:
+            s += " session_present=%d rc=%d" % (b[p], b[p + 1])
+        elif rem:
+            s += " pid=%d" % (b[p] << 8 | b[p + 1])
+            if rem > 2:  # SUBSCRIBE filters and QoS, UNSUBSCRIBE filters, SUBACK codes
+                s += " %r" % bytes(b[p + 2 : p + rem])
+        self.trace(s)
 
     # ---- commands ---------------------------------------------------------------
     def connect(self, client_id, clean_session, keepalive, now, will=None, user=None, password=None):
         """Queue CONNECT.  will = (topic, msg, qos, retain) or None."""
         client_id = _b(client_id)
         if not client_id and not clean_session:
-            raise ValueError("an empty client id needs clean_session=True [MQTT-3.1.3-7]")
+            raise ValueError("empty client id needs clean_session=True")  # [MQTT-3.1.3-7]
         if not 0 <= keepalive <= 65535:
             raise ValueError("keepalive must be 0..65535")
         if will:
             will = (_b(will[0]), _b(will[1]), will[2], will[3])
-        user = _b(user)
-        password = _b(password)
         self.reset()
         if clean_session:
-            self.store.discard_session()  # [MQTT-3.1.2-6]
+            self.store.clear()  # discard the session [MQTT-3.1.2-6]
         self._clean = clean_session
         self.keepalive_ms = keepalive * 1000
-        size, _ = connect_size(client_id, will, user, password)
-        pos = self._room(size, now)
-        self.txn = put_connect(self.tx, pos, client_id, clean_session, keepalive, will, user, password)
+        self._send(connect_packet(client_id, clean_session, keepalive, will, _b(user), _b(password)), now)
         self.open = True
-        if self.trace:
-            self.trace("> CONNECT id=%s clean=%d keepalive=%d" % (client_id.decode(), clean_session, keepalive))
-
-    def reset(self):
-        """Forget the connection (not the session): call when the socket is gone."""
-        self.connected = self.open = False
-        self.txoff = self.txn = 0
-        self._rxoff = self._rxn = 0
-        self.inflight = 0
-        self.pending = {}
-        self._ping_at = None
-        self._deadline = None
-        s = self.store
-        for i in range(s.capacity):
-            s.sent[i] = False
 
     def publish(self, topic, msg, qos, retain, now):
         """Queue a PUBLISH; QoS 1/2 go into the store first.  Returns the packet id (0 for QoS 0).
@@ -183,15 +223,14 @@ class Session:
         topic = _b(topic)
         msg = _b(msg)
         if not topic:
-            raise ValueError("empty topic [MQTT-4.7.3-1]")
-        if qos == 0:
-            pos = self._room(publish_size(topic, msg, 0), now)
-            self.txn = put_publish(self.tx, pos, topic, msg, 0, retain, False, 0)
-            if self.trace:
-                self._trace_pub(">", topic, msg, 0, retain, False, 0)
-            return 0
-        if qos not in (1, 2):
+            raise ValueError("empty topic")  # [MQTT-4.7.3-1]
+        if qos not in (0, 1, 2):
             raise ValueError("qos must be 0, 1 or 2")
+        if len(topic) + len(msg) + (4 if qos else 2) > 268435455:
+            raise ValueError("packet too large")  # 4 length bytes at most [MQTT-2.2.3]
+        if not qos:
+            self._publish(topic, msg, 0, retain, False, 0, now)
+            return 0
         if isinstance(msg, bytearray):
             msg = bytes(msg)  # the store keeps a reference: it must not change under us
         pid = self.store.next_pid(self.pending)
@@ -205,52 +244,36 @@ class Session:
 
     def busy(self):
         """Anything still owed in either direction (outgoing store or inbound QoS 2)."""
-        return self.store.count > 0 or len(self.store.inbound) > 0
+        return bool(self.store.count or self.store.inbound)
 
     def subscribe(self, topics, now):
         """topics = [(filter, qos), ...]; returns the packet id to match with SUBACKED."""
-        topics = [(_b(t), q) for t, q in topics]
+        f = []
         for t, q in topics:
+            t = _b(t)
             if not t or q not in (0, 1, 2):
                 raise ValueError("bad topic filter or qos")
-        pid = self.store.next_pid(self.pending)
-        size, _ = subscribe_size(topics)
-        pos = self._room(size, now)
-        self.txn = put_subscribe(self.tx, pos, pid, topics)
-        self.pending[pid] = len(topics)
-        if self.trace:
-            self.trace("> SUBSCRIBE pid=%d %r" % (pid, topics))
-        return pid
+            f += (t, q)
+        return self._request(_SUBSCRIBE | 2, f, len(topics), now)  # flags 0b0010 [MQTT-3.8.1-1]
 
     def unsubscribe(self, topics, now):
-        topics = [_b(t) for t in topics]
+        return self._request(_UNSUBSCRIBE | 2, [_b(t) for t in topics], 0, now)  # [MQTT-3.10.1-1]
+
+    def _request(self, first, fields, n, now):
         pid = self.store.next_pid(self.pending)
-        pos = self._room(unsubscribe_size(topics), now)
-        self.txn = put_unsubscribe(self.tx, pos, pid, topics)
-        self.pending[pid] = 0
-        if self.trace:
-            self.trace("> UNSUBSCRIBE pid=%d %r" % (pid, topics))
+        self._send(packet(first, [pid >> 8, pid & 0xFF] + fields), now)
+        self.pending[pid] = n
         return pid
 
     def ping(self, now):
-        pos = self._room(2, now)
-        self.tx[pos] = PINGREQ
-        self.tx[pos + 1] = 0
-        self.txn = pos + 2
+        self._send(b"\xc0\x00", now)  # PINGREQ
         if self._ping_at is None:
             self._ping_at = now
-        if self.trace:
-            self.trace("> PINGREQ")
 
     def disconnect(self, now):
         """Queue DISCONNECT; nothing may be sent after it [MQTT-3.14.4-1]."""
         if self.open:
-            pos = self._room(2, now)
-            self.tx[pos] = DISCONNECT
-            self.tx[pos + 1] = 0
-            self.txn = pos + 2
-            if self.trace:
-                self.trace("> DISCONNECT")
+            self._send(b"\xe0\x00", now)
         self.open = self.connected = False
 
     # ---- timers -----------------------------------------------------------------
@@ -262,14 +285,13 @@ class Session:
             return
         if self._deadline is not None and ticks_diff(now, self._deadline) >= 0:
             self._retransmit(now)
-        if not self.keepalive_ms:
-            return
-        if self._ping_at is not None:
-            limit = self.ping_timeout_ms or self.keepalive_ms
-            if ticks_diff(now, self._ping_at) >= limit:
-                raise ConnectionLost("no PINGRESP within %d ms" % limit)
-        elif ticks_diff(now, self._last_tx) >= self.keepalive_ms:
-            self.ping(now)
+        if self.keepalive_ms:
+            if self._ping_at is not None:
+                limit = self.ping_timeout_ms or self.keepalive_ms
+                if ticks_diff(now, self._ping_at) >= limit:
+                    raise ConnectionLost("no PINGRESP within %d ms" % limit)
+            elif ticks_diff(now, self._last_tx) >= self.keepalive_ms:
+                self.ping(now)
 
     def next_timer(self, now):
         """ms until tick() has something to do (-1: nothing scheduled)."""
@@ -304,9 +326,8 @@ class Session:
             due = ticks_add(s.sent_at[i], limit)
             if ticks_diff(now, due) >= 0:
                 st = s.state[i]
-                if st == AWAIT_PUBREC or s.tries[i] >= self.retries:
-                    raise ConnectionLost("no %s for packet id %d within %d ms" % (
-                        ("PUBACK", "PUBREC", "PUBCOMP")[st - 1], s.pid[i], limit))
+                if st == _AWAIT_PUBREC or s.tries[i] >= self.retries:
+                    raise ConnectionLost("no %s for packet id %d within %d ms" % (_AWAITS[st - 1], s.pid[i], limit))
                 s.tries[i] += 1
                 self.resends += 1
                 self.inflight -= 1
@@ -322,40 +343,21 @@ class Session:
         Call next_event() until None between reads: it checks each packet's size
         against max_packet before this grows the buffer for it."""
         off = self._rxoff
-        if off == self._rxn:
-            self._rxoff = self._rxn = 0
-            return self._rxview
+        n = self._rxn - off
         if off:
             # keep the partial packet at the front so a packet never straddles the end
-            n = self._rxn - off
             self._rxview[:n] = self._rxview[off : self._rxn]
             self._rxoff = 0
             self._rxn = n
-        if self._rxn == len(self.rx):
-            hdr = get_header(self.rx, 0, self._rxn)
-            need = hdr[1] + hdr[2] if hdr else 0
-            self._grow(min(max(need, 2 * len(self.rx)), self.max_packet + 5))
-        return self._rxview[self._rxn :]
-
-    def _grow(self, size):
-        new = bytearray(size)
-        n = self._rxn
-        new[:n] = self.rx[:n]
-        self.rx = new
-        self._rxview = memoryview(new)
+        if n == len(self.rx):
+            # full with one partial packet, whose size next_event noted in _need
+            new = bytearray(min(max(self._need, 2 * n), self.max_packet + 5))
+            new[:n] = self.rx
+            self.rx = new
+            self._rxview = memoryview(new)
+        return self._rxview[n:]
 
     def received(self, n):
-        self._rxn += n
-
-    def feed(self, data):
-        """Append received bytes (for tests and stream front ends: the buffer grows to
-        hold all of data; max_packet is still enforced by next_event)."""
-        n = len(data)
-        if self._rxoff == self._rxn:
-            self._rxoff = self._rxn = 0
-        if self._rxn + n > len(self.rx):
-            self._grow(self._rxn + n)
-        self.rx[self._rxn : self._rxn + n] = data
         self._rxn += n
 
     def next_event(self, now):
@@ -368,7 +370,6 @@ class Session:
             end = self._rxn
             if end - pos < 2:
                 return None
-            first = rx[pos]
             rem = 0
             shift = 0
             i = pos + 1
@@ -378,100 +379,84 @@ class Session:
                 b = rx[i]
                 rem |= (b & 0x7F) << shift
                 i += 1
-                if not b & 0x80:
+                if b < 0x80:
                     break
                 shift += 7
                 if shift > 21:
-                    raise MalformedPacket("remaining length longer than 4 bytes")
-            hl = i - pos
-            if hl + rem > self.max_packet:
-                raise PacketTooLarge("%s of %d bytes exceeds max_packet %d" % (name(first), hl + rem, self.max_packet))
-            start = self._rxoff + hl
-            if start + rem > self._rxn:
+                    raise MalformedPacket("remaining length over 4 bytes")
+            n = i - pos + rem
+            if n > self.max_packet:
+                raise PacketTooLarge("%s of %d bytes, max_packet %d" % (name(rx[pos]), n, self.max_packet))
+            if pos + n > end:
+                self._need = n
                 return None
-            self._rxoff = start + rem
-            ev = self._handle(first, start, rem, now)
+            self._rxoff = pos + n
+            ev = self._handle(rx[pos], pos, i, rem, now)
             if ev is not None:
                 return ev
 
-    def _handle(self, first, p, rem, now):
-        ptype = first & 0xF0
+    def _handle(self, first, pos, p, rem, now):
+        """The packet at rx[pos], body at rx[p : p + rem]."""
+        t = first & 0xF0
         flags = first & 0x0F
         rx = self.rx
-        if not self.connected and ptype != CONNACK:
-            raise ProtocolError("first packet from broker is %s, not CONNACK [MQTT-3.2.0-1]" % name(first))
-        if ptype == PUBLISH:
-            return self._on_publish(flags, p, rem, now)
-        if ptype in _SERVER_MAY_NOT_SEND:
+        if not self.connected and t != _CONNACK:
+            raise ProtocolError("first packet is %s, not CONNACK" % name(first))  # [MQTT-3.2.0-1]
+        if t == _PUBLISH:
+            return self._on_publish(first, pos, p, rem, now)
+        if t in (0, 0x10, _SUBSCRIBE, _UNSUBSCRIBE, _PINGREQ, _DISCONNECT, 0xF0):
             raise ProtocolError("broker sent %s, which only a client may send" % name(first))
-        if flags != (2 if ptype == PUBREL else 0):
-            raise MalformedPacket("%s with reserved flags 0x%x [MQTT-2.2.2-2]" % (name(first), flags))
-        if ptype in _ID_ACKS:
-            if rem != 2:
-                raise MalformedPacket("%s with remaining length %d" % (name(first), rem))
-            pid = get_u16(rx, p)
-            if pid == 0:
-                raise MalformedPacket("%s with packet id 0 [MQTT-2.3.1-1]" % name(first))
-            if self.trace:
-                self.trace("< %s pid=%d" % (name(first), pid))
-            if ptype == PUBREL:
-                # [MQTT-4.3.3-2]: forget the id, answer PUBCOMP (also for unknown ids)
-                if self.store.in_has(pid):
-                    self.store.in_remove(pid)
-                self._ack(PUBCOMP, pid, now)
-                return None
-            if ptype == UNSUBACK:
-                if self.pending.get(pid, -1) == 0:
-                    del self.pending[pid]
-                    return (UNSUBACKED, pid)
-                return None  # stray: ignore
-            return self._on_ack(ptype, pid, now)
-        if ptype == CONNACK:
-            return self._on_connack(p, rem, now)
-        if ptype == SUBACK:
-            if rem < 3:
-                raise MalformedPacket("SUBACK with remaining length %d" % rem)
-            pid = get_u16(rx, p)
+        if flags != (2 if t == _PUBREL else 0):
+            raise MalformedPacket("%s with flags 0x%x" % (name(first), flags))  # reserved [MQTT-2.2.2-2]
+        if rem < 3 if t == _SUBACK else rem != (0 if t == _PINGRESP else 2):
+            raise MalformedPacket("%s with remaining length %d" % (name(first), rem))
+        if self.trace:
+            self._tr("<", rx, pos)
+        if t == _PINGRESP:
+            self._ping_at = None
+            return (PONG,)
+        if t == _CONNACK:
+            return self._on_connack(rx[p], rx[p + 1], now)
+        pid = rx[p] << 8 | rx[p + 1]
+        if t == _SUBACK:
             codes = bytes(rx[p + 2 : p + rem])
             for c in codes:
                 if c not in (0, 1, 2, 0x80):
-                    raise MalformedPacket("SUBACK return code 0x%02x [MQTT-3.9.3-2]" % c)
-            if self.trace:
-                self.trace("< SUBACK pid=%d codes=%r" % (pid, list(codes)))
+                    raise MalformedPacket("SUBACK return code 0x%02x" % c)  # [MQTT-3.9.3-2]
             n = self.pending.get(pid, 0)
             if not n:
                 return None  # stray: ignore
             if n != len(codes):
-                raise ProtocolError("SUBACK has %d return codes for %d filters [MQTT-3.8.4-5]" % (len(codes), n))
+                raise ProtocolError("SUBACK has %d codes for %d filters" % (len(codes), n))  # [MQTT-3.8.4-5]
             del self.pending[pid]
             return (SUBACKED, pid, codes)
-        if ptype == PINGRESP:
-            if rem:
-                raise MalformedPacket("PINGRESP with remaining length %d" % rem)
-            if self.trace:
-                self.trace("< PINGRESP")
-            self._ping_at = None
-            return _PONG
-        raise ProtocolError("broker sent %s, which only a client may send" % name(first))
+        if not pid:
+            raise MalformedPacket("%s with packet id 0" % name(first))  # [MQTT-2.3.1-1]
+        if t == _PUBREL:
+            # [MQTT-4.3.3-2]: forget the id, answer PUBCOMP (also for unknown ids)
+            if pid in self.store.inbound:
+                self.store.in_remove(pid)
+            self._ack(_PUBCOMP, pid, now)
+            return None
+        if t == _UNSUBACK:
+            if self.pending.get(pid, -1) == 0:
+                del self.pending[pid]
+                return (UNSUBACKED, pid, None)
+            return None  # stray: ignore
+        return self._on_ack(t, pid, now)
 
-    def _on_connack(self, p, rem, now):
+    def _on_connack(self, ack_flags, rc, now):
         if self.connected:
             raise ProtocolError("second CONNACK")
-        if rem != 2:
-            raise MalformedPacket("CONNACK with remaining length %d" % rem)
-        ack_flags = self.rx[p]
-        rc = self.rx[p + 1]
-        if self.trace:
-            self.trace("< CONNACK session_present=%d rc=%d" % (ack_flags & 1, rc))
         if ack_flags & 0xFE:
-            raise MalformedPacket("CONNACK reserved flags 0x%02x [MQTT-3.2.2]" % ack_flags)
+            raise MalformedPacket("CONNACK flags 0x%02x" % ack_flags)  # reserved [MQTT-3.2.2]
         sp = ack_flags & 1
         if rc:
             if sp:
-                raise ProtocolError("refusing CONNACK with session present [MQTT-3.2.2-4]")
+                raise ProtocolError("refusing CONNACK with session present")  # [MQTT-3.2.2-4]
             raise ConnectRefused(rc)
         if sp and self._clean:
-            raise ProtocolError("session present for a clean session [MQTT-3.2.2-1]")
+            raise ProtocolError("session present for a clean session")  # [MQTT-3.2.2-1]
         self.connected = True
         store = self.store
         slots = store.ordered()
@@ -481,7 +466,7 @@ class Session:
             # this open; dropping them would lose accepted messages).
             store.clear_inbound()
             for i in slots:
-                store.set_state(i, AWAIT_PUBACK if store.qos[i] == 1 else AWAIT_PUBREC)
+                store.set_state(i, _AWAIT_PUBACK if store.qos[i] == 1 else _AWAIT_PUBREC)
         # Resend what the store holds, in original order [MQTT-4.4.0-1][MQTT-4.6.0-1]:
         # with DUP=1 and the same id when the broker kept the session.
         for i in slots:
@@ -495,20 +480,14 @@ class Session:
     def _send_slot(self, i, now):
         s = self.store
         pid = s.pid[i]
-        if s.state[i] == AWAIT_PUBCOMP:
-            self._ack(PUBREL, pid, now)  # never the PUBLISH again [MQTT-4.3.3-1]
+        if s.state[i] == _AWAIT_PUBCOMP:
+            self._ack(_PUBREL | 2, pid, now)  # never the PUBLISH again [MQTT-4.3.3-1]
         else:
             msg = s.msg[i]
             if msg is None:
                 msg = s.load(i)  # a flash store may keep payloads on the medium only
-            topic = s.topic[i]
-            q = s.qos[i]
-            dup = s.dup[i]
-            pos = self._room(publish_size(topic, msg, q), now)
-            self.txn = put_publish(self.tx, pos, topic, msg, q, s.retain[i], dup, pid)
+            self._publish(s.topic[i], msg, s.qos[i], s.retain[i], s.dup[i], pid, now)
             s.dup[i] = True
-            if self.trace:
-                self._trace_pub(">", topic, msg, q, s.retain[i], dup, pid)
         s.sent[i] = True
         s.sent_at[i] = now
         self.inflight += 1
@@ -524,19 +503,18 @@ class Session:
         s = self.store
         i = s.find(pid)
         if i < 0:
-            if ptype == PUBREC:
-                self._ack(PUBREL, pid, now)  # unknown id: release it anyway
+            if ptype == _PUBREC:
+                self._ack(_PUBREL | 2, pid, now)  # unknown id: release it anyway
             return None  # PUBACK/PUBCOMP for an unknown id: ignore
         state = s.state[i]
         new = SENDER.get(state << 8 | ptype, -1)
         if new < 0:
-            raise ProtocolError("%s for packet id %d, which awaits %s" % (
-                name(ptype), pid, ("PUBACK", "PUBREC", "PUBCOMP")[state - 1]))
+            raise ProtocolError("%s for packet id %d, which awaits %s" % (name(ptype), pid, _AWAITS[state - 1]))
         if new:
             if new != state:
                 s.set_state(i, new)
                 s.tries[i] = 0
-            self._ack(PUBREL, pid, now)  # [MQTT-4.6.0-4] in PUBREC arrival order
+            self._ack(_PUBREL | 2, pid, now)  # [MQTT-4.6.0-4] in PUBREC arrival order
             s.sent_at[i] = now  # the PUBCOMP deadline starts now
             if not s.sent[i]:
                 s.sent[i] = True
@@ -555,53 +533,47 @@ class Session:
                 self._send_slot(j, now)
         return None
 
-    def _on_publish(self, flags, p, rem, now):
-        qos = (flags >> 1) & 3
-        dup = flags & 8
+    def _on_publish(self, first, pos, p, rem, now):
+        qos = first >> 1 & 3
+        dup = first & 8
         rx = self.rx
         if qos == 3:
-            raise MalformedPacket("PUBLISH with QoS 3 [MQTT-3.3.1-4]")
-        if qos == 0 and dup:
-            raise MalformedPacket("QoS 0 PUBLISH with DUP set [MQTT-3.3.1-2]")
+            raise MalformedPacket("PUBLISH with QoS 3")  # [MQTT-3.3.1-4]
+        if dup and not qos:
+            raise MalformedPacket("QoS 0 PUBLISH with DUP set")  # [MQTT-3.3.1-2]
         if rem < 2:
             raise MalformedPacket("PUBLISH too short")
-        tl = get_u16(rx, p)
-        end = p + rem
+        tl = rx[p] << 8 | rx[p + 1]
         t0 = p + 2
-        mp = t0 + tl + (2 if qos else 0)
-        if mp > end:
-            raise MalformedPacket("PUBLISH topic length %d overruns the packet" % tl)
+        mp = t0 + tl + (2 if qos else 0)  # the payload
+        if mp > p + rem:
+            raise MalformedPacket("PUBLISH too short")  # topic (and id) overrun the packet
         topic = bytes(rx[t0 : t0 + tl])
         if not tl:
-            raise MalformedPacket("PUBLISH with empty topic [MQTT-4.7.3-1]")
-        check_utf8(topic, "PUBLISH topic")
+            raise MalformedPacket("PUBLISH with empty topic")  # [MQTT-4.7.3-1]
+        check_utf8(topic)
         if b"+" in topic or b"#" in topic:
-            raise MalformedPacket("PUBLISH topic contains a wildcard [MQTT-3.3.2-2]")
+            raise MalformedPacket("PUBLISH topic has a wildcard")  # [MQTT-3.3.2-2]
         pid = 0
         if qos:
-            pid = get_u16(rx, t0 + tl)
+            pid = rx[mp - 2] << 8 | rx[mp - 1]
             if not pid:
-                raise MalformedPacket("PUBLISH QoS %d with packet id 0 [MQTT-2.3.1-1]" % qos)
-        msg = bytes(rx[mp:end])
+                raise MalformedPacket("%s with packet id 0" % name(first))  # [MQTT-2.3.1-1]
+        msg = bytes(rx[mp : p + rem])
         if self.trace:
-            self._trace_pub("<", topic, msg, qos, flags & 1, dup, pid)
-        if qos == 2 and self.store.in_has(pid):
-            self._ack(PUBREC, pid, now)  # already delivered: PUBREC only [MQTT-4.3.3-2]
+            self._tr("<", rx, pos)
+        if qos == 2 and pid in self.store.inbound:
+            self._ack(_PUBREC, pid, now)  # already delivered: PUBREC only [MQTT-4.3.3-2]
             return None
-        return (MESSAGE, topic, msg, qos, bool(flags & 1), bool(dup), pid)
+        return (MESSAGE, topic, msg, qos, bool(first & 1), bool(dup), pid)
 
     def acknowledge(self, ev, now):
         """Acknowledge a delivered MESSAGE event [MQTT-4.5.0-2]; call after the app has
         it.  QoS 2: the id is stored before PUBREC goes out, so a duplicate PUBLISH
         (even after a reboot, with a flash store) is never delivered again."""
         qos = ev[3]
-        if qos == 1:
-            self._ack(PUBACK, ev[6], now)
-        elif qos == 2:
-            if not self.store.in_has(ev[6]):
-                self.store.in_add(ev[6])
-            self._ack(PUBREC, ev[6], now)
-
-    def _trace_pub(self, d, topic, msg, qos, retain, dup, pid):
-        self.trace("%s PUBLISH pid=%d qos=%d dup=%d retain=%d topic=%s len=%d" % (
-            d, pid, qos, dup, retain, topic.decode(), len(msg)))
+        pid = ev[6]
+        if qos == 2 and pid not in self.store.inbound:
+            self.store.in_add(pid)
+        if qos:
+            self._ack(_PUBACK if qos == 1 else _PUBREC, pid, now)

@@ -8,9 +8,11 @@
 # a slot references the caller's topic/msg objects).  The flash ring store keeps
 # the same arrays and also journals every change to a file.
 
-AWAIT_PUBACK = 1   # QoS 1 PUBLISH sent or owed
-AWAIT_PUBREC = 2   # QoS 2 PUBLISH sent or owed
-AWAIT_PUBCOMP = 3  # QoS 2 PUBREL sent or owed (the PUBLISH must never be resent)
+from .compat import const
+
+AWAIT_PUBACK = const(1)   # QoS 1 PUBLISH sent or owed
+AWAIT_PUBREC = const(2)   # QoS 2 PUBLISH sent or owed
+AWAIT_PUBCOMP = const(3)  # QoS 2 PUBREL sent or owed (the PUBLISH must never be resent)
 
 
 class StoreFull(Exception):
@@ -35,9 +37,7 @@ class MemoryStore:
         self.dup = [False] * capacity   # next PUBLISH of it is a re-delivery [MQTT-3.3.1-1]
         self.sent_at = [0] * capacity   # when its PUBLISH/PUBREL last went out (ms)
         self.tries = [0] * capacity     # in-session resends of the current step
-        self.count = 0
-        self._seq = 0
-        self._last_pid = 0
+        self.count = self._seq = self._last_pid = 0
         self.inbound = []  # QoS 2 ids awaiting PUBREL [MQTT-4.3.3-2]
 
     # -- packet ids ------------------------------------------------------------
@@ -46,7 +46,7 @@ class MemoryStore:
         pid = self._last_pid
         for _ in range(65535):
             pid = pid % 65535 + 1
-            if pid not in busy and self.find(pid) < 0:
+            if pid not in busy and pid not in self.pid:
                 self._last_pid = pid
                 return pid
         raise StoreFull("no free packet id")
@@ -59,7 +59,7 @@ class MemoryStore:
     def add(self, pid, qos, retain, topic, msg):
         """Record an accepted QoS 1/2 message; returns its slot.  Raises StoreFull."""
         if self.count >= self.capacity:
-            raise StoreFull("in-flight store full (%d messages)" % self.capacity)
+            raise StoreFull("store full (%d messages)" % self.capacity)
         i = self.find(0)
         self.pid[i] = pid
         self.state[i] = AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC
@@ -85,9 +85,7 @@ class MemoryStore:
 
     def ordered(self):
         """Occupied slots in acceptance order (used on reconnect, not per message)."""
-        slots = [i for i in range(self.capacity) if self.pid[i]]
-        slots.sort(key=lambda i: self.seq[i])
-        return slots
+        return sorted([i for i in range(self.capacity) if self.pid[i]], key=lambda i: self.seq[i])
 
     def oldest_unsent(self):
         best = -1
@@ -97,9 +95,6 @@ class MemoryStore:
         return best
 
     # -- inbound QoS 2 ---------------------------------------------------------
-    def in_has(self, pid):
-        return pid in self.inbound
-
     def in_add(self, pid):
         self.inbound.append(pid)
 
@@ -108,15 +103,11 @@ class MemoryStore:
 
     # -- session ---------------------------------------------------------------
     def clear(self):
-        """Discard the whole session [MQTT-3.1.2-6] (ids restart too)."""
+        """Discard the whole session, clean_session=1 [MQTT-3.1.2-6]."""
         for i in range(self.capacity):
             if self.pid[i]:
                 self.remove(i)
         self.inbound = []
-
-    def discard_session(self):
-        """clean_session=1: the whole session goes [MQTT-3.1.2-6]."""
-        self.clear()
 
     def clear_inbound(self):
         self.inbound = []
