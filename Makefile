@@ -35,7 +35,7 @@ UMQTT_FILES := build/umqtt/umqtt/simple.py build/umqtt/ussl.py
 export MICROPYTHON := $(CURDIR)/build/bin/micropython
 export UMQTT_DIR := $(CURDIR)/build/umqtt
 
-.PHONY: help setup apt venv micropython umqtt mpy test run clean distclean
+.PHONY: help setup apt venv micropython umqtt mpy test run demo clean distclean
 
 help: ## List the targets
 	@echo "usage: make TARGET   (cache: $(CACHE_DIR))"
@@ -81,7 +81,10 @@ mpy: $(VENV_STAMP) ## Precompile lib/mqtt to .mpy in build/mpy (what the unix po
 test: setup mpy ## Run the host test suite
 	$(VENV)/bin/python -m pytest -q host_tests
 
-run: setup mpy ## Run the demo (tools/run_demo.sh)
+run: setup ## The sensor firmware on the unix port against a local Mosquitto (RUN_SECONDS=N stops after N s)
+	tools/run_firmware.sh
+
+demo: setup mpy ## mqttc round trip at QoS 0, 1 and 2 on the unix port against a local Mosquitto
 	tools/run_demo.sh
 
 clean: ## Remove build/
