@@ -13,7 +13,7 @@
 from . import compat
 from .compat import ticks_ms, ticks_diff, ticks_add, sleep_ms
 from .codec import MQTTException, ProtocolError
-from .session import Session, ConnectionLost, CONNECTED, MESSAGE, SUBACKED, UNSUBACKED
+from .session import Session, ConnectionLost, CONNECTED, MESSAGE, PONG
 from .store import MemoryStore, StoreFull
 from .backoff import Backoff
 
@@ -37,21 +37,18 @@ class MQTTClient:
         reconnect: re-connect automatically (back-off from backoff_ms doubling to
           backoff_cap_ms, with jitter, reset after each CONNACK).
         trace: callable(str) that gets a line for every packet sent and received."""
-        if port == 0:
-            port = 8883 if ssl else 1883
         self.client_id = client_id
         self.server = server
-        self.port = port
+        self.port = port or (8883 if ssl else 1883)
         self.user = user
         self.pswd = password
         self.keepalive = keepalive
         self.ssl = ssl
         self.ssl_params = ssl_params
         self.timeout_ms = timeout_ms
-        self.sock = None
-        self.cb = None
+        self.sock = self.cb = self.lw = self.last_error = None
+        self._poll_in = self._poll_out = self._ev = None
         self._details = False
-        self.lw = None
         if store is None:
             store = MemoryStore(window)
         elif isinstance(store, str):
@@ -60,11 +57,7 @@ class MQTTClient:
             store = RingStore(store, ring_size, ring_capacity, sync_every, log=trace)
         self.store = store
         self.session = Session(store, window, max_packet, ping_timeout_ms, ack_timeout_ms, retries)
-        self.session.trace = trace
-        self.trace = trace
-        self._poll_in = None
-        self._poll_out = None
-        self._suback = None
+        self.session.trace = self.trace = trace
         # False: hold received PUBLISH back (neither delivered nor acknowledged, so the
         # broker keeps them), e.g. while finishing flows before disconnecting.
         self.deliver = True
@@ -78,7 +71,6 @@ class MQTTClient:
         self._next_try = 0
         self.reconnects = 0   # successful re-connections
         self.dropped = 0      # QoS 0 messages dropped while the link was down
-        self.last_error = None
         self._progress = ticks_ms()
 
     # ---- umqtt.simple API ----------------------------------------------------
@@ -101,8 +93,8 @@ class MQTTClient:
         self._down = False
         try:
             return self._connect(self.timeout_ms if timeout_ms is None else timeout_ms, False)
-        except Exception as e:
-            if self.reconnect and isinstance(e, LINK_ERRORS + (MQTTException,)):
+        except (OSError, MQTTException) as e:
+            if self.reconnect:
                 self._go_down(e)
             raise
 
@@ -138,28 +130,29 @@ class MQTTClient:
         store is full this waits up to timeout_ms for the link, then raises StoreFull.
         QoS 0 messages are dropped while the link is down (at most once; counted)."""
         sess = self.session
+        store = self.store
         if not self._up():
             if qos == 0:
                 if not (self.reconnect or self._down):
                     self._check()
                 self.dropped += 1
                 return 0
-            if not (self.reconnect or getattr(self.store, "persistent", False)):
+            if not (self.reconnect or getattr(store, "persistent", False)):
                 self._check()
             start = ticks_ms()
-            while self.store.count >= self.store.capacity and not self._up():
-                left = self.timeout_ms - ticks_diff(ticks_ms(), start)
+            while store.count >= store.capacity and not self._up():
+                left = self._left(start, self.timeout_ms)
                 if left <= 0:
-                    raise StoreFull("store full (%d messages) and no connection" % self.store.count)
+                    raise StoreFull("store full (%d messages) and no connection" % store.count)
                 self._sleep_until_retry(left)
             if not self.is_connected():
                 return sess.publish(topic, msg, qos, retain, ticks_ms())
         if qos and sess.window_full():
             start = ticks_ms()
             while sess.window_full() and self.is_connected():
-                left = self.timeout_ms - ticks_diff(ticks_ms(), start)
+                left = self._left(start, self.timeout_ms)
                 if left <= 0:
-                    self._link_lost(ConnectionLost("timed out waiting for the in-flight window to open"))
+                    self._link_lost(ConnectionLost("timed out waiting for the in-flight window"))
                     break
                 self._guard(self._pump, left)
         pid = sess.publish(topic, msg, qos, retain, ticks_ms())
@@ -190,7 +183,7 @@ class MQTTClient:
     def unsubscribe(self, topic):
         topics = topic if isinstance(topic, list) else [topic]
         self._check()
-        self._request(self.session.unsubscribe(topics, ticks_ms()), "UNSUBACK")
+        self._request(self.session.unsubscribe(topics, ticks_ms()), "UNSUBACK", self.timeout_ms)
         self._subs = [s for s in self._subs if s[0] not in topics]
 
     def check_msg(self):
@@ -205,7 +198,7 @@ class MQTTClient:
         timeout_ms >= 0 at most that long; returns True when a packet was handled."""
         start = ticks_ms()
         while True:
-            left = -1 if timeout_ms < 0 else timeout_ms - ticks_diff(ticks_ms(), start)
+            left = -1 if timeout_ms < 0 else self._left(start, timeout_ms)
             if not self._up():
                 if not self._down:
                     self._check()
@@ -215,16 +208,15 @@ class MQTTClient:
                 continue
             if self._guard(self._pump, max(left, 0) if timeout_ms >= 0 else -1):
                 return True
-            if timeout_ms >= 0 and timeout_ms - ticks_diff(ticks_ms(), start) <= 0:
+            if timeout_ms >= 0 and self._left(start, timeout_ms) <= 0:
                 return False
 
     def flush(self, timeout_ms=None):
         """Drive I/O until nothing is in flight in either direction (True) or timeout
         (False).  With reconnect=True this includes re-connecting."""
-        t = self.timeout_ms if timeout_ms is None else timeout_ms
         if not (self.reconnect or self._down):
             self._check()
-        return self._flush(t)
+        return self._flush(self.timeout_ms if timeout_ms is None else timeout_ms)
 
     # ---- extras ----------------------------------------------------------------
     def is_connected(self):
@@ -252,11 +244,10 @@ class MQTTClient:
         s = raw = compat.open_tcp(self.server, self.port, t)
         try:
             if self.ssl:
+                params = self.ssl_params
                 if hasattr(self.ssl, "wrap_socket"):  # an SSLContext (newer umqtt API)
                     params = {"context": self.ssl}
                     params.update(self.ssl_params)
-                else:
-                    params = self.ssl_params
                 s = compat.wrap_tls(s, self.server, params, t)
         except BaseException:
             s.close()
@@ -265,19 +256,14 @@ class MQTTClient:
         self._raw = raw
         self._poll_in = compat.poller(s)
         self._poll_out = compat.poller(s, True)
-        sess = self.session
         try:
-            sess.connect(self.client_id, self._clean, self.keepalive, ticks_ms(), self.lw,
-                         self.user, self.pswd if self.user is not None else None)
+            self.session.connect(self.client_id, self._clean, self.keepalive, ticks_ms(), self.lw,
+                                 self.user, self.pswd if self.user is not None else None)
             self._flush_tx(start, t)
-            while True:
-                ev = self._next(start, t)
-                if ev[0] == CONNECTED:
-                    break
+            sp = bool(self._request(0, "CONNACK", self._left(start, t)))
             self.backoff.reset()  # after each successful CONNACK
             self._progress = ticks_ms()
             self._flush_tx(start, t)  # resends queued by the session [MQTT-4.4.0-1]
-            sp = bool(ev[1])
             if resubscribe and self._subs and (not sp or self._resub):
                 self._subscribe(self._subs)
             self._resub = False
@@ -297,8 +283,7 @@ class MQTTClient:
 
     def _link_lost(self, e):
         if not self.reconnect:
-            self._close()
-            raise e
+            self._close(e)
         self._go_down(e)
 
     def _guard(self, f, *args):
@@ -316,15 +301,11 @@ class MQTTClient:
         """True when connected; while down, makes one (bounded) attempt if it is due."""
         if self.is_connected():
             return True
-        if not self._down:
-            return False
-        if ticks_diff(ticks_ms(), self._next_try) < 0:
+        if not self._down or ticks_diff(ticks_ms(), self._next_try) < 0:
             return False
         try:
             self._connect(self.timeout_ms, True)
-        except Exception as e:
-            if not isinstance(e, LINK_ERRORS + (MQTTException,)):
-                raise
+        except (OSError, MQTTException) as e:
             self._progress = ticks_ms()  # an attempt completed: the loop is alive
             self._go_down(e)
             return False
@@ -348,7 +329,7 @@ class MQTTClient:
     def _flush(self, t):
         start = ticks_ms()
         while self.session.busy() or (self._down and self.store.count):
-            left = t - ticks_diff(ticks_ms(), start)
+            left = self._left(start, t)
             if left <= 0:
                 return False
             if self._up():
@@ -360,11 +341,16 @@ class MQTTClient:
         return True
 
     # ---- I/O --------------------------------------------------------------------
+    def _left(self, start, t):
+        """ms left of t since start."""
+        return t - ticks_diff(ticks_ms(), start)
+
     def _check(self):
         if self.sock is None:
             raise MQTTException("not connected")
 
-    def _close(self):
+    def _close(self, e=None):
+        """Drop the socket (no DISCONNECT, so the will fires); then raise e if given."""
         if self.sock is not None:
             try:
                 self.sock.close()
@@ -372,11 +358,8 @@ class MQTTClient:
                 pass
             self.sock = None
         self.session.reset()
-
-    def _fail(self, e):
-        """Close the link without DISCONNECT (so the will fires) and raise e."""
-        self._close()
-        raise e
+        if e:
+            raise e
 
     def _flush_tx(self, start, t):
         sess = self.session
@@ -384,45 +367,13 @@ class MQTTClient:
             try:
                 k = compat.send(self.sock, sess.tx, sess.txoff, sess.txn - sess.txoff)
             except OSError as e:
-                self._fail(ConnectionLost("send failed: %s" % e))
+                self._close(ConnectionLost("send failed: %s" % e))
             if k:
                 sess.written(k)
             else:
-                left = t - ticks_diff(ticks_ms(), start)
+                left = self._left(start, t)
                 if left <= 0 or not compat.wait(self._poll_out, left):
-                    self._fail(ConnectionLost("send timed out"))
-
-    def _read(self):
-        """Read what is available into the session; False if nothing was."""
-        sess = self.session
-        try:
-            n = compat.recv_into(self.sock, sess.rx_space())
-        except OSError as e:
-            self._fail(ConnectionLost("receive failed: %s" % e))
-        if n == 0:
-            self._fail(ConnectionLost("connection closed by broker"))
-        if n < 0:
-            return False
-        sess.received(n)
-        self._progress = ticks_ms()
-        return True
-
-    def _next(self, start, t):
-        """Next session event, waiting for data up to the deadline start+t."""
-        sess = self.session
-        while True:
-            try:
-                ev = sess.next_event(ticks_ms())
-            except ProtocolError as e:
-                self._fail(e)
-            if ev is not None:
-                if ev[0] == MESSAGE:
-                    self._deliver(ev)
-                return ev
-            if not self._read():
-                left = t - ticks_diff(ticks_ms(), start)
-                if left <= 0 or not compat.wait(self._poll_in, left):
-                    self._fail(ConnectionLost("timed out waiting for the broker"))
+                    self._close(ConnectionLost("send timed out"))
 
     def _deliver(self, ev):
         if not self.deliver:
@@ -454,13 +405,14 @@ class MQTTClient:
         try:
             sess.tick(ticks_ms())
         except ConnectionLost as e:
-            self._fail(e)
+            self._close(e)
         self._flush_tx(ticks_ms(), self.timeout_ms)
         return got
 
     def _drain(self):
         """Read until the socket would block, handling packets as they complete.
-        Returns True when anything was received."""
+        Returns True when anything was received.  Stops at CONNACK, so that connect()
+        returns before anything the broker sent after it is handled."""
         sess = self.session
         got = False
         while True:
@@ -468,36 +420,46 @@ class MQTTClient:
                 try:
                     ev = sess.next_event(ticks_ms())
                 except ProtocolError as e:
-                    self._fail(e)
+                    self._close(e)
                 if ev is None:
                     break
                 k = ev[0]
                 if k == MESSAGE:
                     self._deliver(ev)
-                elif k == SUBACKED or k == UNSUBACKED:
-                    self._suback = ev
-            if not self._read():
+                elif k != PONG:
+                    self._ev = ev  # CONNECTED, SUBACKED, UNSUBACKED: see _request
+                    if k == CONNECTED:
+                        return True
+            try:
+                n = compat.recv_into(self.sock, sess.rx_space())
+            except OSError as e:
+                self._close(ConnectionLost("receive failed: %s" % e))
+            if n == 0:
+                self._close(ConnectionLost("connection closed by broker"))
+            if n < 0:  # would block
                 self._flush_tx(ticks_ms(), self.timeout_ms)
                 return got
+            sess.received(n)
+            self._progress = ticks_ms()
             got = True
 
     def _subscribe(self, topics):
-        codes = self._request(self.session.subscribe(topics, ticks_ms()), "SUBACK")
-        for c in codes:
-            if c == 0x80:
-                raise MQTTException("subscription refused by the broker (SUBACK 0x80)")
+        codes = self._request(self.session.subscribe(topics, ticks_ms()), "SUBACK", self.timeout_ms)
+        if 0x80 in codes:
+            raise MQTTException("subscription refused by the broker (SUBACK 0x80)")
         return codes
 
-    def _request(self, pid, what):
-        """Send the queued SUBSCRIBE/UNSUBSCRIBE and wait (bounded) for its ack."""
-        self._suback = None
+    def _request(self, pid, what, t):
+        """Wait (at most t ms) for the CONNACK (pid 0), SUBACK or UNSUBACK of pid, whose
+        packet is queued; returns what the event carries (session present, return codes,
+        None)."""
+        self._ev = None
         start = ticks_ms()
-        self._flush_tx(start, self.timeout_ms)
-        while self._suback is None or self._suback[1] != pid:
-            left = self.timeout_ms - ticks_diff(ticks_ms(), start)
+        while self._ev is None or self._ev[1] != pid:
+            left = self._left(start, t)
             if left <= 0:
-                self._fail(ConnectionLost("timed out waiting for " + what))
+                self._close(ConnectionLost("timed out waiting for " + what))
             self._pump(left)
-        ev = self._suback
-        self._suback = None
-        return ev[2] if ev[0] == SUBACKED else None
+        ev = self._ev
+        self._ev = None
+        return ev[2]

@@ -51,7 +51,7 @@ _AWAIT_PUBCOMP = const(3)
 _AWAITS = const(("PUBACK", "PUBREC", "PUBCOMP"))  # what each state waits for, for messages
 
 # Events returned by next_event()
-CONNECTED = const(1)   # (CONNECTED, session_present)
+CONNECTED = const(1)   # (CONNECTED, 0, session_present)
 MESSAGE = const(2)     # (MESSAGE, topic, msg, qos, retain, dup, pid)
 SUBACKED = const(3)    # (SUBACKED, pid, return_codes)
 UNSUBACKED = const(4)  # (UNSUBACKED, pid, None)
@@ -475,7 +475,7 @@ class Session:
             if self.inflight >= self.window:
                 break  # the rest follow, in order, as acks free the window
             self._send_slot(i, now)
-        return (CONNECTED, sp)
+        return (CONNECTED, 0, sp)
 
     def _send_slot(self, i, now):
         s = self.store
