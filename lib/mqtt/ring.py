@@ -250,8 +250,14 @@ class RingStore(MemoryStore):
             return False
         t = self.used[0]
         lo = t * SECTOR
-        live = [i for i in range(self.capacity) if self.pid[i] and lo <= self.loc[i] < lo + SECTOR]
-        inbound = [p for p in self.inloc if lo <= self.inloc[p] < lo + SECTOR]
+        live = []  # in acceptance order
+        for i in self.ordered():
+            if lo <= self.loc[i] < lo + SECTOR:
+                live.append(i)
+        inbound = []
+        for p in self.inloc:
+            if lo <= self.inloc[p] < lo + SECTOR:
+                inbound.append(p)
         if live or inbound:
             need = len(inbound) * rec_size(0)
             for i in live:
@@ -260,7 +266,6 @@ class RingStore(MemoryStore):
                 if not self.free:
                     return False
                 self._open_sector(self.free.pop(0))
-            live.sort(key=lambda i: self.seq[i])
             for i in live:
                 old = self.loc[i]
                 hdr = self._read_hdr(old)

@@ -150,34 +150,30 @@ class Session:
         self.tx[pos : pos + n] = data
         self.txn = pos + n
         if self.trace:
-            self._tr(">", self.tx, pos)
+            self._tr(">", self.tx, pos, pos + n)
 
     def _ack(self, first, pid, now):
         pos = self._room(4, now)
         self.txn = put_ack(self.tx, pos, first, pid)
         if self.trace:
-            self._tr(">", self.tx, pos)
+            self._tr(">", self.tx, pos, self.txn)
 
     def _publish(self, topic, msg, qos, retain, dup, pid, now):
         pos = self._room(len(topic) + len(msg) + 9, now)
         self.txn = put_publish(self.tx, pos, topic, msg, qos, retain, dup, pid)
         if self.trace:
-            self._tr(">", self.tx, pos)
+            self._tr(">", self.tx, pos, self.txn)
 
-    def _tr(self, d, b, p):
-        """Trace one line for the well-formed packet at b[p]; d is ">" (sent) or "<"
+    def _tr(self, d, b, p, end):
+        """Trace one line for the well-formed packet b[p:end]; d is ">" (sent) or "<"
         (received).  Called after a received packet has been validated."""
         first = b[p]
         t = first & 0xF0
-        rem = 0
-        shift = 0
-        while True:  # remaining length [MQTT-2.2.3]
+        p += 1
+        while b[p] & 0x80:  # the remaining length [MQTT-2.2.3]
             p += 1
-            rem |= (b[p] & 0x7F) << shift
-            shift += 7
-            if b[p] < 0x80:
-                break
         p += 1  # the variable header
+        rem = end - p
         s = d + " " + name(first)
         if t == _PUBLISH:
             q = first >> 1 & 3
@@ -257,7 +253,10 @@ class Session:
         return self._request(_SUBSCRIBE | 2, f, len(topics), now)  # flags 0b0010 [MQTT-3.8.1-1]
 
     def unsubscribe(self, topics, now):
-        return self._request(_UNSUBSCRIBE | 2, [_b(t) for t in topics], 0, now)  # [MQTT-3.10.1-1]
+        f = []
+        for t in topics:
+            f.append(_b(t))
+        return self._request(_UNSUBSCRIBE | 2, f, 0, now)  # flags 0b0010 [MQTT-3.10.1-1]
 
     def _request(self, first, fields, n, now):
         pid = self.store.next_pid(self.pending)
@@ -411,7 +410,7 @@ class Session:
         if rem < 3 if t == _SUBACK else rem != (0 if t == _PINGRESP else 2):
             raise MalformedPacket("%s with remaining length %d" % (name(first), rem))
         if self.trace:
-            self._tr("<", rx, pos)
+            self._tr("<", rx, pos, p + rem)
         if t == _PINGRESP:
             self._ping_at = None
             return (PONG,)
@@ -561,7 +560,7 @@ class Session:
                 raise MalformedPacket("%s with packet id 0" % name(first))  # [MQTT-2.3.1-1]
         msg = bytes(rx[mp : p + rem])
         if self.trace:
-            self._tr("<", rx, pos)
+            self._tr("<", rx, pos, p + rem)
         if qos == 2 and pid in self.store.inbound:
             self._ack(_PUBREC, pid, now)  # already delivered: PUBREC only [MQTT-4.3.3-2]
             return None

@@ -9,7 +9,7 @@
 # and keep every blocking call bounded well below timeout_ms.
 import sys
 
-from .compat import MICROPYTHON, ticks_ms, ticks_diff, sleep_ms
+from .compat import ticks_ms, ticks_diff, sleep_ms
 
 
 def hard_reset(why):
@@ -18,20 +18,14 @@ def hard_reset(why):
         sys.stderr.write("watchdog: %s; resetting\n" % why)
     except Exception:
         pass
-    if MICROPYTHON:
-        try:
-            import machine
+    try:
+        import machine
 
-            machine.reset()  # ESP32 and other real boards
-        except (ImportError, AttributeError):
-            import os
-
-            os.system("kill -9 $PPID")  # unix port: the shell's parent is us
-    else:
+        machine.reset()  # ESP32 and other real boards
+    except (ImportError, AttributeError):
         import os
-        import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.system("kill -9 $PPID")  # unix port and CPython: the shell's parent is us
 
 
 class Watchdog:
@@ -57,5 +51,4 @@ class Watchdog:
             sleep_ms(step)
             starved = ticks_diff(ticks_ms(), self.fed)
             if starved > self.timeout_ms:
-                hard_reset("not fed for %d ms (timeout %d ms)" % (starved, self.timeout_ms))
-                return
+                return hard_reset("not fed for %d ms (timeout %d ms)" % (starved, self.timeout_ms))
