@@ -129,23 +129,9 @@ def check_utf8(b):
             continue
         # k continuation bytes; the first must lie in lo..hi (no overlong forms, no
         # surrogates U+D800..U+DFFF, nothing above U+10FFFF), the others in 80..BF
-        lo = 0x80
-        hi = 0xBF
-        k = 0
-        if 0xC2 <= c <= 0xDF:
-            k = 1
-        elif 0xE0 <= c <= 0xEF:
-            k = 2
-            if c == 0xE0:
-                lo = 0xA0
-            elif c == 0xED:
-                hi = 0x9F
-        elif 0xF0 <= c <= 0xF4:
-            k = 3
-            if c == 0xF0:
-                lo = 0x90
-            elif c == 0xF4:
-                hi = 0x8F
+        k = (c > 0xC1) + (c > 0xDF) + (c > 0xEF) if c < 0xF5 else 0
+        lo = 0xA0 if c == 0xE0 else 0x90 if c == 0xF0 else 0x80
+        hi = 0x9F if c == 0xED else 0x8F if c == 0xF4 else 0xBF
         if not (k and i + k <= n and lo <= b[i] <= hi):
             raise MalformedPacket("topic is not valid UTF-8")
         for j in range(i + 1, i + k):

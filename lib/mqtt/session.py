@@ -343,6 +343,9 @@ class Session:
         against max_packet before this grows the buffer for it."""
         off = self._rxoff
         n = self._rxn - off
+        if not n:  # all consumed (the usual case): the whole buffer, no slice allocated
+            self._rxoff = self._rxn = 0
+            return self._rxview
         if off:
             # keep the partial packet at the front so a packet never straddles the end
             self._rxview[:n] = self._rxview[off : self._rxn]
