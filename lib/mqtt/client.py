@@ -56,7 +56,9 @@ class MQTTClient:
 
             store = RingStore(store, ring_size, ring_capacity, sync_every, log=trace)
         self.store = store
-        self.session = Session(store, window, max_packet, ping_timeout_ms, ack_timeout_ms, retries)
+        # a store smaller than the window would refuse publishes the window admits
+        self.session = Session(store, min(window, store.capacity), max_packet, ping_timeout_ms,
+                               ack_timeout_ms, retries)
         self.session.trace = self.trace = trace
         # False: hold received PUBLISH back (neither delivered nor acknowledged, so the
         # broker keeps them), e.g. while finishing flows before disconnecting.
@@ -169,11 +171,13 @@ class MQTTClient:
         (topic, qos)).  Raises MQTTException when the broker answers 0x80 (failure).
         The subscription is remembered and restored after a reconnect that lost it."""
         topics = topic if isinstance(topic, list) else [(topic, qos)]
-        if not self._up():
-            self._check()
         for t, q in topics:
             self._subs = [s for s in self._subs if s[0] != t] + [(t, q)]
         self._resub = True
+        if not self._up():
+            if self._down:
+                return None  # reconnect=True: subscribed after the next CONNACK
+            self._check()
         codes = self._guard(self._subscribe, topics)
         if codes is False:
             return None  # link lost (reconnect=True): restored after the next CONNACK
@@ -202,7 +206,7 @@ class MQTTClient:
             if not self._up():
                 if not self._down:
                     self._check()
-                if left == 0:
+                if timeout_ms >= 0 and left <= 0:  # a reconnect attempt may overrun it
                     return False
                 self._sleep_until_retry(left)
                 continue

@@ -1,9 +1,10 @@
 # MQTT 3.1.1 packet encoding and strict decoding.  No I/O and no protocol state.
-# The hot encoders (PUBLISH, acks) write into a caller-supplied bytearray at an offset
-# and return the new offset, so the publish path allocates nothing; the rare packets
+# The hot encoder (PUBLISH) writes into a caller-supplied bytearray at an offset and
+# returns the new offset, so the publish path allocates nothing; the rare packets
 # (CONNECT, SUBSCRIBE, UNSUBSCRIBE) are built as a new bytearray by one generic
-# encoder.  Decoding helpers raise MalformedPacket on anything the spec calls malformed;
-# the fixed header is decoded inline by the session (no tuple per packet).
+# encoder.  Decoding helpers raise MalformedPacket on anything the spec calls malformed.
+# Two layouts are so small that the session handles them inline (no call, no tuple per
+# packet): the 4-byte acks (Session._ack) and the fixed header of received packets.
 #
 # Packet types are const(): MicroPython folds them into the bytecode at compile time
 # (an underscore name then costs nothing), so each module that needs a packet type
@@ -66,16 +67,6 @@ def put_publish(buf, pos, topic, msg, qos, retain, dup, pid):
         pos += 2
     buf[pos : pos + n] = msg
     return pos + n
-
-
-def put_ack(buf, pos, first, pid):
-    """PUBACK/PUBREC/PUBREL/PUBCOMP: first byte (PUBREL's carries flags 0b0010
-    [MQTT-3.6.1-1]), remaining length 2, packet id."""
-    buf[pos] = first
-    buf[pos + 1] = 2
-    buf[pos + 2] = pid >> 8
-    buf[pos + 3] = pid & 0xFF
-    return pos + 4
 
 
 def packet(first, fields):

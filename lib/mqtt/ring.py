@@ -70,7 +70,7 @@ def record_bytes(topic_len, payload_len):
 class RingStore(MemoryStore):
     persistent = True
 
-    def __init__(self, path, size=32768, capacity=64, sync_every=1, cache=16, log=None):
+    def __init__(self, path, size=32768, capacity=64, sync_every=1, cache=16, log=None, inbound=256):
         """path: the ring file (created and preallocated when missing).
         size: bytes, rounded down to whole 4096-byte sectors (at least 3).
         capacity: most messages held at once (RAM index slots).
@@ -90,6 +90,7 @@ class RingStore(MemoryStore):
         self.log = log
         self.loc = [0] * capacity  # file offset of each slot's PUB record
         self.inloc = {}            # inbound pid -> offset of its IN_ADD record
+        self.inbound_max = inbound  # inbound QoS 2 ids held at once (see in_room)
         self.erases = [0] * n
         self.fill = [0] * n        # next write offset inside the sector
         self.used = []             # sectors in generation order (oldest first)
@@ -340,6 +341,19 @@ class RingStore(MemoryStore):
             self._cached -= 1
         MemoryStore.remove(self, i)
 
+    def in_room(self):
+        """Room for another inbound QoS 2 id: at most `inbound` of them (bounded RAM),
+        and ring space for its record (reclaiming old sectors if needed).  A broker
+        may send thousands of QoS 2 PUBLISH before the first PUBREL; when this says
+        no, the session drops the link unacknowledged and the broker resends later."""
+        if len(self.inbound) >= self.inbound_max:
+            return False
+        try:
+            self._room(rec_size(0))
+            return True
+        except StoreFull:
+            return False
+
     def in_add(self, pid):
         self.inloc[pid] = self._append(_IN_ADD, 0, pid)
         self._changed()
@@ -357,8 +371,14 @@ class RingStore(MemoryStore):
         for pid in list(self.inloc):
             self.in_remove(pid)
 
+    def discard_session(self):
+        """clean_session=1 with a flash store: the broker forgets our ids and the inbound
+        ids go, but accepted messages are never discarded - they are re-sent after the
+        CONNACK as new publications, as when a broker lost the session."""
+        self.clear_inbound()
+
     def clear(self):
-        """Discard the whole session (clean_session=1 [MQTT-3.1.2-6])."""
+        """Discard the whole session, messages included."""
         for i in range(self.capacity):
             if self.pid[i]:
                 self._mark(self.loc[i], 2)

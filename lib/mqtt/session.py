@@ -25,8 +25,8 @@
 #            any id --PUBREL--> forget id, PUBCOMP
 # Unknown ids: PUBACK/PUBCOMP ignored, PUBREC answered with PUBREL, PUBREL with PUBCOMP.
 
-from .codec import MQTTException, ProtocolError, MalformedPacket, name, put_publish, put_ack, packet, \
-    connect_packet, check_utf8
+from .codec import MQTTException, ProtocolError, MalformedPacket, name, put_publish, packet, connect_packet, \
+    check_utf8
 from .compat import const, ticks_diff, ticks_add
 
 # Packet types: the first byte without its flags [MQTT-2.2.1] (const copies, see codec.py)
@@ -104,6 +104,7 @@ class Session:
         self._rxview = memoryview(self.rx)
         self.keepalive_ms = self._last_tx = 0
         self.resends = 0  # in-session resends so far (for reports)
+        self.completed = 0     # outgoing QoS 1/2 messages acknowledged (PUBACK/PUBCOMP)
         self._clean = True
         self.reset()
 
@@ -153,10 +154,17 @@ class Session:
             self._tr(">", self.tx, pos, pos + n)
 
     def _ack(self, first, pid, now):
+        """PUBACK/PUBREC/PUBREL/PUBCOMP: first byte (PUBREL's carries flags 0b0010
+        [MQTT-3.6.1-1]), remaining length 2, packet id."""
         pos = self._room(4, now)
-        self.txn = put_ack(self.tx, pos, first, pid)
+        tx = self.tx
+        tx[pos] = first
+        tx[pos + 1] = 2
+        tx[pos + 2] = pid >> 8
+        tx[pos + 3] = pid & 0xFF
+        self.txn = pos + 4
         if self.trace:
-            self._tr(">", self.tx, pos, self.txn)
+            self._tr(">", tx, pos, pos + 4)
 
     def _publish(self, topic, msg, qos, retain, dup, pid, now):
         pos = self._room(len(topic) + len(msg) + 9, now)
@@ -205,7 +213,7 @@ class Session:
             will = (_b(will[0]), _b(will[1]), will[2], will[3])
         self.reset()
         if clean_session:
-            self.store.clear()  # discard the session [MQTT-3.1.2-6]
+            self.store.discard_session()  # [MQTT-3.1.2-6]; a flash store keeps messages
         self._clean = clean_session
         self.keepalive_ms = keepalive * 1000
         self._send(connect_packet(client_id, clean_session, keepalive, will, _b(user), _b(password)), now)
@@ -526,6 +534,7 @@ class Session:
         if s.sent[i]:
             self.inflight -= 1
         s.remove(i)
+        self.completed += 1
         if s.count > self.inflight and self.connected:
             # A store larger than the window has queued messages: send the oldest.
             while self.inflight < self.window:
@@ -564,9 +573,14 @@ class Session:
         msg = bytes(rx[mp : p + rem])
         if self.trace:
             self._tr("<", rx, pos, p + rem)
-        if qos == 2 and pid in self.store.inbound:
-            self._ack(_PUBREC, pid, now)  # already delivered: PUBREC only [MQTT-4.3.3-2]
-            return None
+        if qos == 2:
+            if pid in self.store.inbound:
+                self._ack(_PUBREC, pid, now)  # already delivered: PUBREC only [MQTT-4.3.3-2]
+                return None
+            if not self.store.in_room():
+                # Not delivered, not acknowledged: the broker resends it after we reconnect,
+                # by which time the PUBRELs queued behind it have freed room.
+                raise ConnectionLost("inbound QoS 2 store full (%d ids)" % len(self.store.inbound))
         return (MESSAGE, topic, msg, qos, bool(first & 1), bool(dup), pid)
 
     def acknowledge(self, ev, now):

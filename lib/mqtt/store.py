@@ -95,6 +95,10 @@ class MemoryStore:
         return best
 
     # -- inbound QoS 2 ---------------------------------------------------------
+    def in_room(self):
+        """Can another inbound QoS 2 id be recorded?  (RAM: always.)"""
+        return True
+
     def in_add(self, pid):
         self.inbound.append(pid)
 
@@ -108,6 +112,10 @@ class MemoryStore:
             if self.pid[i]:
                 self.remove(i)
         self.inbound = []
+
+    def discard_session(self):
+        """clean_session=1: the whole session goes [MQTT-3.1.2-6]."""
+        self.clear()
 
     def clear_inbound(self):
         self.inbound = []
