@@ -272,3 +272,68 @@ def test_mqttc_store_publishes_offline_and_resumes_after_a_kill(rt, tmp_path, ma
     got = sub.wait_for(5)
     time.sleep(0.3)
     assert [m[1] for m in sub.messages] == [b"offline %d" % i for i in range(5)]
+
+
+FLOOD_SUB = """
+import sys
+from mqtt import MQTTClient
+c = MQTTClient("flooded", "127.0.0.1", int(sys.argv[1]), store=sys.argv[2], keepalive=10,
+               reconnect=True, backoff_ms=50, backoff_cap_ms=500)
+c.set_callback(lambda t, m: print("GOT", m.decode()))
+c.connect(clean_session=False)
+c.subscribe("flood/t", 2)
+print("READY")
+n = int(sys.argv[3])
+from mqtt.compat import ticks_ms, ticks_diff
+t = ticks_ms()
+while ticks_diff(ticks_ms(), t) < 40000:
+    c.wait_msg(200)
+"""
+
+
+def test_inbound_qos2_flood_larger_than_the_ring_is_delivered_exactly_once(rt, broker, peer_factory, tmp_path):
+    """A broker sends 1500 QoS 2 messages before the first PUBREL; the ring holds at most
+    256 open ids, so the client sheds the rest unacknowledged by reconnecting and the
+    broker resends them: every message reaches the app exactly once, nothing crashes."""
+    n = 1500
+    sub = rt.spawn(FLOOD_SUB, args=[broker.port, tmp_path / "flood.ring", n])
+    try:
+        assert sub.stdout.readline().strip() == b"READY"
+        p = peer_factory(broker)
+        for i in range(n):
+            p.c.publish("flood/t", "f%d" % i, 2)
+        got = []
+        deadline = time.monotonic() + 60
+        while len(set(got)) < n and time.monotonic() < deadline:
+            line = sub.stdout.readline()
+            if not line:
+                break
+            if line.startswith(b"GOT"):
+                got.append(line.split()[1].decode())
+        time.sleep(0.5)
+    finally:
+        sub.kill()
+        rest, err = sub.communicate(timeout=10)
+    got += [ln.split()[1].decode() for ln in rest.splitlines() if ln.startswith(b"GOT")]
+    assert sorted(set(got)) == sorted("f%d" % i for i in range(n)), err.decode()[-500:]
+    assert len(got) == n  # no duplicate
+
+
+def test_mqttc_store_resumes_without_c_as_new_publications(rt, tmp_path, make_broker, peer_factory):
+    """pub --store PATH -t T without -c: a clean session, yet the ring's accepted
+    messages are not discarded - they go out as new publications, then it exits 0."""
+    sys.path.insert(0, str(ROOT / "lib"))
+    from mqtt.ring import RingStore
+    store = str(tmp_path / "resume.ring")
+    st = RingStore(store)
+    for i in range(3):
+        st.add(st.next_pid(), 1 + i % 2, False, b"res/t", b"kept %d" % i)
+    st.close()
+    b = make_broker()
+    sub = peer_factory(b)
+    sub.subscribe("res/t", 2)
+    ok(rt.mqttc("pub", "-p", str(b.port), "--store", store, "-t", "res/t"))
+    sub.wait_for(3)
+    time.sleep(0.3)
+    assert sorted(m[1] for m in sub.messages) == [b"kept 0", b"kept 1", b"kept 2"]  # QoS 1 and 2 interleave
+    assert RingStore(store).count == 0
