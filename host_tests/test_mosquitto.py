@@ -231,3 +231,50 @@ print("FLUSHED", c.flush(3000))
 c.disconnect()
 """), timeout=20))
     assert "FLUSHED True" in out
+
+
+def test_reconnect_restores_subscriptions_and_wait_msg_stays_bounded(rt, make_broker, peer_factory):
+    """reconnect=True: the broker dies and comes back without its sessions; wait_msg(300)
+    keeps returning on time meanwhile, and the client re-subscribes by itself."""
+    b = make_broker()
+    proc = rt.spawn(script(b, """
+from mqtt.compat import ticks_ms, ticks_diff
+c = MQTTClient("phoenix", HOST, PORT, keepalive=2, reconnect=True, backoff_ms=100,
+               backoff_cap_ms=400, timeout_ms=1000)
+c.set_callback(cb, details=True)
+c.connect(clean_session=True)
+c.subscribe("ph/t", 1)
+print("READY")
+worst = 0
+while len(got) < 2:
+    t = ticks_ms()
+    c.wait_msg(300)
+    worst = max(worst, ticks_diff(ticks_ms(), t))
+print("WORST", worst, "RECONNECTS", c.reconnects)
+c.disconnect()
+"""))
+    try:
+        assert proc.stdout.readline().strip() == b"READY"
+        p = peer_factory(b)
+        p.publish("ph/t", "before", qos=1)
+        assert proc.stdout.readline().split()[:3] == [b"MSG", b"ph/t", b"before"]
+        p.close()
+        b.kill()
+        time.sleep(1.5)  # several reconnect attempts fail meanwhile
+        b.start()
+        p = peer_factory(b)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until the client has re-subscribed
+            p.publish("ph/t", "after", qos=1)
+            time.sleep(0.3)
+            if proc.poll() is not None:
+                break
+        out, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err.decode()
+    words = out.decode().split()
+    assert "after" in words
+    worst = int(words[words.index("WORST") + 1])
+    assert worst < 300 + 1000 + 500  # the wait plus at most one bounded connect attempt
+    assert int(words[words.index("RECONNECTS") + 1]) >= 1
