@@ -195,6 +195,7 @@ def test_reconnects_with_c_and_gets_what_was_queued_meanwhile(rt, make_broker, p
     p.publish("rc/t", "before", qos=1)
     assert s.stdout.readline() == b"before\n"
     p.close()
+    time.sleep(0.5)  # the subscriber's PUBACK reaches the broker before it saves
     b.save()
     b.kill()
     time.sleep(0.5)

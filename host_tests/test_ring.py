@@ -162,7 +162,10 @@ def test_kill9_publisher_at_random_points_loses_nothing(rt, broker, peer_factory
             proc.send_signal(signal.SIGKILL)
             cuts += 1
         out, err = proc.communicate(timeout=60)
-        lines = out.decode().splitlines()
+        text = out.decode()
+        lines = text.splitlines()
+        if lines and not text.endswith("\n"):
+            lines.pop()  # cut short by the kill: not an acknowledgement the test can rely on
         acks = [ln.split()[1] + "-" + ln.split()[2] for ln in lines if ln.startswith("ACK")]
         accepted += acks
         k += len(acks) + 1

@@ -103,7 +103,8 @@ class Proc:
 
     def _read(self):
         for line in self.p.stdout:
-            self.lines.append(line.decode(errors="replace").strip())
+            if line.endswith(b"\n"):  # a line cut short by kill -9 proves nothing
+                self.lines.append(line.decode(errors="replace").strip())
 
     def _read_err(self):
         for line in self.p.stderr:

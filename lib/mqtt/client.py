@@ -442,6 +442,8 @@ class MQTTClient:
                 self._close(ConnectionLost("connection closed by broker"))
             if n < 0:  # would block
                 self._flush_tx(ticks_ms(), self.timeout_ms)
+                if sess.shed:  # acks are out: now let the broker resend what we shed
+                    self._close(ConnectionLost("inbound QoS 2 store full: %d PUBLISH left to resend" % sess.shed))
                 return got
             sess.received(n)
             self._progress = ticks_ms()

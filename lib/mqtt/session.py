@@ -116,6 +116,7 @@ class Session:
         self._need = 0          # size of the packet being received (see rx_space)
         self.inflight = 0       # store entries sent on this connection
         self.pending = {}       # SUBSCRIBE/UNSUBSCRIBE id -> number of filters (0 = unsubscribe)
+        self.shed = 0           # inbound QoS 2 PUBLISH left unacknowledged: store full
         self._ping_at = None
         self._deadline = None   # earliest ack deadline of anything in flight
         s = self.store
@@ -578,9 +579,11 @@ class Session:
                 self._ack(_PUBREC, pid, now)  # already delivered: PUBREC only [MQTT-4.3.3-2]
                 return None
             if not self.store.in_room():
-                # Not delivered, not acknowledged: the broker resends it after we reconnect,
-                # by which time the PUBRELs queued behind it have freed room.
-                raise ConnectionLost("inbound QoS 2 store full (%d ids)" % len(self.store.inbound))
+                # Neither delivered nor acknowledged: the front end drops the link once
+                # the acks queued so far are sent (see `shed`), and the broker resends it
+                # after the reconnect, by which time its PUBRELs have freed room.
+                self.shed += 1
+                return None
         return (MESSAGE, topic, msg, qos, bool(first & 1), bool(dup), pid)
 
     def acknowledge(self, ev, now):
