@@ -278,3 +278,27 @@ c.disconnect()
     worst = int(words[words.index("WORST") + 1])
     assert worst < 300 + 1000 + 500  # the wait plus at most one bounded connect attempt
     assert int(words[words.index("RECONNECTS") + 1]) >= 1
+
+
+def test_publish_refuses_fields_mqtt_cannot_encode_and_copies_mutable_buffers(rt):
+    """A topic over 65535 bytes raises ValueError (MicroPython would otherwise wrap the
+    length silently); a bytearray topic/payload is copied before it is stored."""
+    out = ok(rt.run("""
+from mqtt.session import Session
+from mqtt.store import MemoryStore
+from mqtt.codec import packet
+s = Session(MemoryStore(4))
+for bad in (lambda: s.publish(b"x" * 70000, b"", 1, False, 0), lambda: packet(0x10, [b"y" * 70000])):
+    try:
+        bad()
+        print("NO ERROR")
+    except ValueError:
+        print("VALUEERROR")
+t = bytearray(b"a/b")
+m = bytearray(b"hi")
+s.publish(t, m, 1, False, 0)
+t[0] = ord("z")
+m[0] = ord("z")
+print(s.store.topic[0], s.store.msg[0])
+"""))
+    assert out.split() == ["VALUEERROR", "VALUEERROR", "b'a/b'", "b'hi'"]

@@ -78,6 +78,8 @@ def packet(first, fields):
         if isinstance(f, int):
             body.append(f)
         else:
+            if len(f) > 65535:  # MicroPython's bytearray would wrap the length silently
+                raise ValueError("field longer than 65535 bytes")
             body.append(len(f) >> 8)
             body.append(len(f) & 0xFF)
             body += f

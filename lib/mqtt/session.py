@@ -227,8 +227,8 @@ class Session:
         (the caller should wait for `window_full()` to clear to bound its memory)."""
         topic = _b(topic)
         msg = _b(msg)
-        if not topic:
-            raise ValueError("empty topic")  # [MQTT-4.7.3-1]
+        if not topic or len(topic) > 65535:
+            raise ValueError("empty or too long topic")  # [MQTT-4.7.3-1], [MQTT-1.5.3]
         if qos not in (0, 1, 2):
             raise ValueError("qos must be 0, 1 or 2")
         if len(topic) + len(msg) + (4 if qos else 2) > 268435455:
@@ -238,6 +238,8 @@ class Session:
             return 0
         if isinstance(msg, bytearray):
             msg = bytes(msg)  # the store keeps a reference: it must not change under us
+        if isinstance(topic, bytearray):
+            topic = bytes(topic)
         pid = self.store.next_pid(self.pending)
         i = self.store.add(pid, qos, retain, topic, msg)
         if self.connected and self.inflight < self.window:
