@@ -25,6 +25,9 @@ import re
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from devtools.boards import deep_merge, secrets_paths  # noqa: E402  (one merge rule for deploy and here)
+
 ROOT = Path(__file__).resolve().parent.parent
 BOARDS = ROOT / "boards"
 SCHEMA = BOARDS / "schema.json"
@@ -66,16 +69,7 @@ def load_json(path):
 
 def secrets_files(board_path):
     p = Path(board_path)
-    name = p.name[:-5] if p.name.endswith(".json") else p.name
-    return [f for f in (p.parent.parent / "secrets.json", p.parent / "secrets.json",
-                        p.parent / (name + ".secrets.json")) if f.is_file()]
-
-
-def deep_merge(base, over):
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    return secrets_paths(p.name[:-5] if p.name.endswith(".json") else p.name, p.parent)
 
 
 def leaked_secrets(obj, prefix=""):
