@@ -51,6 +51,16 @@ def broker(make_broker):
     return make_broker()
 
 
+@pytest.fixture
+def auth_broker(make_broker, tmp_path):
+    """A Mosquitto that only admits user 'alice' with password 's3cret'."""
+    pw = tmp_path / "passwd"
+    pw.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(pw), "alice", "s3cret"], check=True)
+    pw.chmod(0o644)  # readable for mosquitto when it drops privileges
+    return make_broker(conf="allow_anonymous false\npassword_file %s" % pw)
+
+
 # ---- runtimes -------------------------------------------------------------------
 
 

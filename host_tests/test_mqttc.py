@@ -94,17 +94,12 @@ def test_sub_count_completes_the_qos2_flow_and_disconnects(rt, broker, peer_fact
     assert b"> PUBCOMP" in err and err.rstrip().endswith(b"> DISCONNECT")
 
 
-def test_connack_refused_names_the_return_code(rt, make_broker, tmp_path):
-    pw = tmp_path / "passwd"
-    pw.write_text("")
-    import subprocess
-    subprocess.run(["mosquitto_passwd", "-b", str(pw), "alice", "secret"], check=True)
-    pw.chmod(0o644)
-    b = make_broker(conf="allow_anonymous false\npassword_file %s" % pw)
+def test_connack_refused_names_the_return_code(rt, auth_broker):
+    b = auth_broker
     r = rt.mqttc("pub", *common(b), "-t", "x", "-m", "y", "-u", "alice", "-P", "wrong")
     assert r.returncode != 0
     assert b"return code 5" in r.stderr or b"return code 4" in r.stderr
-    ok(rt.mqttc("pub", *common(b), "-t", "x", "-m", "y", "-u", "alice", "-P", "secret", "-q", "1"))
+    ok(rt.mqttc("pub", *common(b), "-t", "x", "-m", "y", "-u", "alice", "-P", "s3cret", "-q", "1"))
 
 
 def test_suback_failure_is_an_error(rt):

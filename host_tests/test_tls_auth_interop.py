@@ -100,12 +100,8 @@ except ConnectRefused as e:
 """
 
 
-def test_user_and_password(rt, make_broker, tmp_path):
-    pw = tmp_path / "passwd"
-    pw.write_text("")
-    subprocess.run(["mosquitto_passwd", "-b", str(pw), "alice", "s3cret"], check=True)
-    pw.chmod(0o644)
-    b = make_broker(conf="allow_anonymous false\npassword_file %s" % pw)
+def test_user_and_password(rt, auth_broker):
+    b = auth_broker
     assert ok(rt.run(AUTH_CLIENT % b.port, args=["alice", "s3cret"])).split() == ["OK"]
     refused = ok(rt.run(AUTH_CLIENT % b.port, args=["alice", "nope"])).split()
     assert refused[0] == "REFUSED" and refused[1] in ("4", "5")
