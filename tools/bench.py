@@ -386,6 +386,9 @@ def build_cases(sections, n, tmp):
         for q in (0, 1, 2):
             add("py-ours-q%d" % q, lambda p, k, c, q=q: [py, WORKER, "ours%d" % q, p, k, c],
                 {"PYTHONPATH": LIB}, n)
+            add("py-paho-q%d" % q,
+                lambda p, k, c, q=q: [py, os.path.abspath(__file__), "--child", "paho", str(q), str(p), str(k), c],
+                {}, n)
         if os.path.exists(os.path.join(LIB, "mqtt", "ring.py")):
             add("py-ours-q1-store", lambda p, k, c: [py, WORKER, "ours1", p, k, c,
                                                      "store=" + os.path.join(tmp, c + ".ring")],
@@ -393,9 +396,6 @@ def build_cases(sections, n, tmp):
             add("py-ours-q1-store-gc16", lambda p, k, c: [py, WORKER, "ours1", p, k, c,
                                                           "store=" + os.path.join(tmp, c + ".ring"), "sync=16"],
                 {"PYTHONPATH": LIB}, n)
-            add("py-paho-q%d" % q,
-                lambda p, k, c, q=q: [py, os.path.abspath(__file__), "--child", "paho", str(q), str(p), str(k), c],
-                {}, n)
     return cases
 
 
