@@ -442,12 +442,33 @@ class MQTTClient:
                 self._close(ConnectionLost("connection closed by broker"))
             if n < 0:  # would block
                 self._flush_tx(ticks_ms(), self.timeout_ms)
-                if sess.shed:  # acks are out: now let the broker resend what we shed
-                    self._close(ConnectionLost("inbound QoS 2 store full: %d PUBLISH left to resend" % sess.shed))
+                if sess.shed:
+                    self._shed_reconnect(sess.shed)
                 return got
             sess.received(n)
             self._progress = ticks_ms()
             got = True
+
+    def _shed_reconnect(self, shed):
+        """Inbound QoS 2 PUBLISH were left unacknowledged (store full): leave so that the
+        broker resends them after the reconnect.  Gracefully - DISCONNECT after the acks,
+        then read to the broker's EOF - because closing with unread data sends a TCP
+        reset, and a broker may then drop the acks we just sent and redeliver forever."""
+        sess = self.session
+        sess.disconnect(ticks_ms())  # the will is not wanted: we are back in a moment
+        self._flush_tx(ticks_ms(), self.timeout_ms)
+        start = ticks_ms()
+        junk = memoryview(bytearray(256))
+        while self._left(start, 2000) > 0:  # what follows is resent after the reconnect
+            try:
+                n = compat.recv_into(self.sock, junk)
+            except OSError:
+                break
+            if n == 0:
+                break
+            if n < 0 and not compat.wait(self._poll_in, self._left(start, 2000)):
+                break
+        self._close(ConnectionLost("inbound QoS 2 store full: %d PUBLISH left for the broker to resend" % shed))
 
     def _subscribe(self, topics):
         codes = self._request(self.session.subscribe(topics, ticks_ms()), "SUBACK", self.timeout_ms)
