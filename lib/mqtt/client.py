@@ -434,6 +434,9 @@ class MQTTClient:
                     self._ev = ev  # CONNECTED, SUBACKED, UNSUBACKED: see _request
                     if k == CONNECTED:
                         return True
+            if sess.txn - sess.txoff >= 512:
+                # a broker flooding us would otherwise grow tx by 4 bytes per ack
+                self._flush_tx(ticks_ms(), self.timeout_ms)
             try:
                 n = compat.recv_into(self.sock, sess.rx_space())
             except OSError as e:
