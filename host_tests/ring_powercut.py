@@ -95,7 +95,7 @@ def main():
         initial = f.read()
     st = RingStore(path, SIZE, capacity=64)
     log = []
-    st._f = RecordingFile(st._f, log)
+    st.journal.m._f = RecordingFile(st.journal.m._f, log)
     ops = []
     workload(st, log, ops)
     st.close()
@@ -132,7 +132,7 @@ def main():
                     sys.exit(1)
                 checked += 1
         image[pos : pos + len(data)] = data
-    erases = sum(RingStore(path, SIZE, capacity=64).erases)
+    erases = sum(RingStore(path, SIZE, capacity=64).journal.erases)
     print("OK", len(log), "writes", len(ops), "operations", checked, "torn images recovered",
           erases, "erases")
     flips(bytes(image), ops[-1][3], path)

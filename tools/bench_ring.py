@@ -31,15 +31,15 @@ except OSError:
 topic = b"sensors/node-1/temp"
 payload = b"x" * 64
 st = RingStore(path, size, capacity=cap)
-w0 = st.bytes_written
+w0 = st.journal.bytes_written
 t = ticks_ms()
 for k in range(n):
     i = st.add(st.next_pid(), 1, False, topic, payload)
     st.remove(i)
 st.commit()
 dt = ticks_diff(ticks_ms(), t)
-per_msg = (st.bytes_written - w0) / n
-erases = sum(st.erases)
+per_msg = (st.journal.bytes_written - w0) / n
+erases = sum(st.journal.erases)
 # fill the index, then time a cold recovery
 k = 0
 while st.count < cap:
@@ -53,7 +53,7 @@ assert st.count == cap
 print('{"ops_per_s": %d, "bytes_per_msg": %.1f, "record_bytes": %d, "done_bytes": 20, '
       '"erases_per_1000": %.1f, "recovery_ms": %d, "recovered": %d, "ring_bytes": %d, "syncs": %d}' % (
       n * 1000 // max(dt, 1), per_msg, record_bytes(len(topic), len(payload)),
-      erases * 1000.0 / n, rec_ms, st.count, size, st.syncs))
+      erases * 1000.0 / n, rec_ms, st.count, size, st.journal.syncs))
 """
 
 

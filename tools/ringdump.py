@@ -1,144 +1,286 @@
-"""ringdump: print a flash ring file's sectors, records, message states, free space,
-CRC failures and wear (write/erase counters) in readable tables.
+"""ringdump: show what a flash ring holds - sectors, records, message states, free
+space, CRC failures, wear - and manage its outbox.
 
-    python3 tools/ringdump.py RING_FILE [--size BYTES] [--records] [--json]
+    ringdump.py RING [--records] [--json] [--label NAME | --offset N --size N]
+    ringdump.py RING --drop ORDER [--drop ORDER ...] | --purge
 
-Reads the file only (it never repairs or writes).  Format: docs/ring-format.md.
+RING is any form the ring takes:
+  - a ring file (MQTTClient(store="path") on a host, `mqttc --store`);
+  - a raw partition image, as `esptool read-flash <offset> <size> ring.img` dumps it;
+  - a whole-flash dump (`esptool read-flash 0 ALL flash.bin`): the ring partition is
+    found in its partition table at 0x8000 by label (--label, default "ring"), or
+    given with --offset/--size;
+  - a log ring directory (a path ring on a board's littlefs, copied to the host).
+Reading never writes.  --drop ORDER removes the pending message with that order
+number (first column of the listing); --purge removes every pending message and the
+inbound QoS 2 ids.  Both write the change back to RING as the device would.
+Exit codes: 0 done, 2 usage, 3 RING unreadable or not a ring.
 """
 import json
 import os
 import struct
 import sys
-from binascii import crc32
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from mqtt import ring  # noqa: E402
-from mqtt.ring import (  # noqa: E402
-    SECTOR, SEC_HDR, REC_HDR, MARKS, MAGIC, TYPES, PUB, F_RETAIN, F_RELEASED, RingStore, RingError, rec_size)
-from mqtt.store import AWAIT_PUBACK, AWAIT_PUBREC, AWAIT_PUBCOMP  # noqa: E402
+from mqtt import ringfmt as F  # noqa: E402
+from mqtt.medium import BlockMedium, RingError  # noqa: E402
+from mqtt.ring import Ring  # noqa: E402
+from mqtt.store import MemoryStore, AWAIT_PUBACK, AWAIT_PUBREC, AWAIT_PUBCOMP  # noqa: E402
 
 STATES = {AWAIT_PUBACK: "AWAIT_PUBACK", AWAIT_PUBREC: "AWAIT_PUBREC", AWAIT_PUBCOMP: "AWAIT_PUBCOMP"}
+PART_TABLE = 0x8000
 
 
-def scan(data, nsec):
-    """Walk the file like recovery does, without changing it; returns a report dict."""
-    sectors = []
-    records = []
+class Usage(Exception):
+    pass
+
+
+class Bad(Exception):
+    pass
+
+
+class RamFlash:
+    """A bytearray with the esp32.Partition block protocol: recovery and outbox edits
+    run on it exactly as on the device, and the result is written back only on request."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def readblocks(self, n, buf, off=0):
+        a = n * F.SECTOR + off
+        buf[:] = self.data[a:a + len(buf)]
+
+    def writeblocks(self, n, buf, off=0):
+        a = n * F.SECTOR + off
+        self.data[a:a + len(buf)] = bytes(x & y for x, y in zip(self.data[a:a + len(buf)], bytes(buf)))
+
+    def ioctl(self, op, arg=0):
+        if op == 4:
+            return len(self.data) // F.SECTOR
+        if op == 5:
+            return F.SECTOR
+        if op == 6:
+            self.data[arg * F.SECTOR:(arg + 1) * F.SECTOR] = b"\xff" * F.SECTOR
+        return 0
+
+
+def find_partition(data, label):
+    """(offset, size) of the data partition `label` in a whole-flash dump, or None."""
+    for e in range(PART_TABLE, PART_TABLE + 0xC00, 32):
+        ent = data[e:e + 32]
+        if ent[:2] != b"\xaa\x50":
+            break
+        off, size = struct.unpack_from("<II", ent, 4)
+        if ent[16:32].rstrip(b"\0").decode("ascii", "replace") == label:
+            return off, size
+    return None
+
+
+def load(path, label, offset, size):
+    """The ring as bytes: (data, where) - where says how to write it back."""
+    if os.path.isdir(path):
+        names = [n for n in os.listdir(path) if n.isdigit()]
+        if not names:
+            raise Bad("%s: no sector files (not a log ring directory)" % path)
+        n = max(3, max(int(x) for x in names) + 1)
+        data = bytearray(b"\xff" * (n * F.SECTOR))
+        for x in names:
+            with open(os.path.join(path, x), "rb") as f:
+                b = f.read(F.SECTOR)
+            s = int(x) * F.SECTOR
+            data[s:s + len(b)] = b
+        return data, ("dir", path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise Bad("cannot read %s: %s" % (path, e.strerror or e))
+    if offset is None and len(raw) > PART_TABLE + 0xC00 and raw[PART_TABLE:PART_TABLE + 2] == b"\xaa\x50":
+        got = find_partition(raw, label)
+        if not got:
+            raise Bad("%s is a flash dump without a partition labelled %r (try --label or --offset/--size)"
+                      % (path, label))
+        offset, size = got
+    if offset is not None:
+        size = size if size is not None else len(raw) - offset
+        raw = raw[offset:offset + size]
+    else:
+        offset = 0
+    if not raw:
+        raise Bad("%s is empty: not a ring" % path)
+    n = max(3, (len(raw) + F.SECTOR - 1) // F.SECTOR)
+    data = bytearray(raw) + b"\xff" * (n * F.SECTOR - len(raw))
+    return data, ("file", path, offset, len(raw))
+
+
+def save(data, where):
+    if where[0] == "dir":
+        for s in range(len(data) // F.SECTOR):
+            sec = bytes(data[s * F.SECTOR:(s + 1) * F.SECTOR])
+            p = os.path.join(where[1], str(s))
+            if F.blank(sec, 0, F.SECTOR):
+                if os.path.exists(p):
+                    os.remove(p)
+                continue
+            end = F.SECTOR
+            while end and sec[end - 1] == 0xFF:
+                end -= 1
+            with open(p, "wb") as f:
+                f.write(sec[:(end + 3) & ~3])
+        return
+    _, path, offset, length = where
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(bytes(data[:length]))
+
+
+def scan(data):
+    """Walk the image like recovery does, without changing it; returns a report dict."""
+    sectors, records = [], []
     crc_failures = 0
-    for s in range(nsec):
-        base = s * SECTOR
-        raw = data[base : base + SECTOR]
-        info = {"sector": s, "state": "missing", "generation": None, "erases": None, "used": 0}
+    for s in range(len(data) // F.SECTOR):
+        sec = bytearray(data[s * F.SECTOR:(s + 1) * F.SECTOR])
+        info = {"sector": s, "state": "free", "generation": None, "erases": None, "used": 0}
         sectors.append(info)
-        if len(raw) < SEC_HDR:
+        h = F.parse_sector_header(sec)
+        if h is None:
+            if not F.blank(sec, 0, F.SECTOR):
+                info["state"] = "erased header, data after it"
             continue
-        hdr = raw[:SEC_HDR]
-        if hdr == b"\xff" * SEC_HDR:
-            info["state"] = "free"
-            continue
-        if hdr[:4] != MAGIC or struct.unpack_from("<I", hdr, 16)[0] != crc32(hdr[:16]):
-            info["state"] = "bad header"
+        if isinstance(h, str):
+            info["state"] = h
             crc_failures += 1
             continue
-        g, e, _ = struct.unpack_from("<III", hdr, 4)
-        info.update(state="used", generation=g, erases=e)
-        pos = SEC_HDR
-        while pos + REC_HDR + 4 <= len(raw):
-            if raw[pos] == 0xFF:
-                if raw[pos : pos + REC_HDR] != b"\xff" * REC_HDR:
-                    info["state"] = "used, torn tail"
-                break
-            rtype, flags, n, seq, pid = struct.unpack_from("<BBHIH", raw, pos)
-            size = rec_size(n)
-            end = pos + REC_HDR + n
-            good = rtype in TYPES and pos + size <= len(raw) and struct.unpack_from("<I", raw, end)[0] == \
-                crc32(raw[pos + REC_HDR : end], crc32(raw[pos : pos + MARKS]))
-            if not good:
+        info.update(state="used", generation=h[0], erases=h[1])
+
+        def visit(pos, rtype, flags, n, seq, pid, marks):
+            nonlocal crc_failures
+            if not rtype:
                 crc_failures += 1
                 info["state"] = "used, corrupt record at %d" % pos
-                break
-            marks = raw[pos + MARKS : pos + REC_HDR]
-            rec = {"sector": s, "offset": pos, "type": TYPES[rtype], "seq": seq, "pid": pid, "bytes": size,
-                   "marks": ("released " if marks[:2] == b"\0\0" else "") + ("done" if marks[2:] == b"\0\0" else "")}
-            if rtype == PUB and n >= 6:
-                order, tl = struct.unpack_from("<IH", raw, pos + REC_HDR)
-                body = raw[pos + REC_HDR + 6 : end]
-                rec.update(order=order, qos=flags & 3, retain=bool(flags & F_RETAIN),
-                           released=bool(flags & F_RELEASED), topic=body[:tl].decode("utf-8", "replace"),
-                           payload_len=len(body) - tl)
+                return
+            rec = {"sector": s, "offset": pos, "type": F.TYPES[rtype], "seq": seq, "pid": pid,
+                   "bytes": F.rec_size(n), "marks": ("released " if marks & F.M_RELEASED else "") +
+                   ("done" if marks & F.M_DONE else "")}
+            if rtype == F.PUB and n >= 6:
+                order, topic, payload = F.parse_pub(sec[pos + F.REC_HDR:pos + F.REC_HDR + n])
+                rec.update(order=order, qos=flags & 3, retain=bool(flags & F.F_RETAIN),
+                           released=bool(flags & F.F_RELEASED), topic=bytes(topic).decode("utf-8", "replace"),
+                           payload_len=len(payload))
             records.append(rec)
-            pos += size
-        info["used"] = pos
+        end, clean = F.scan(sec, visit)
+        info["used"] = end
+        if not clean and info["state"] == "used":
+            info["state"] = "used, torn tail"
     return {"sectors": sectors, "records": records, "crc_failures": crc_failures}
 
 
-def recover(path, size, records):
-    """What the store itself rebuilds: recovery runs on a temporary copy, so the file
-    given is never written."""
-    import shutil
-    import tempfile
+def open_store(data):
+    """The store the device would rebuild from the image (on the image itself)."""
+    notes = []
+    st = MemoryStore(1024, Ring(BlockMedium(RamFlash(data)), log=notes.append))
+    return st, notes
 
-    with tempfile.TemporaryDirectory() as d:
-        copy = os.path.join(d, "ring")
-        shutil.copyfile(path, copy)
-        try:
-            st = RingStore(copy, size, capacity=1024)
-        except RingError as e:
-            return [], [], [str(e)]
-        where = {(r["sector"] * SECTOR + r["offset"]): r for r in records}
-        msgs = []
-        for i in st.ordered():
-            r = where.get(st.loc[i], {})
-            msgs.append({"order": st.seq[i], "pid": st.pid[i], "qos": st.qos[i], "state": STATES[st.state[i]],
-                         "retain": st.retain[i], "topic": r.get("topic"), "payload_len": r.get("payload_len"),
-                         "sector": st.loc[i] // SECTOR, "offset": st.loc[i] % SECTOR})
-        inbound = sorted(st.inbound)
-        reasons = st.reasons
-        st.close()
-    return msgs, inbound, reasons
+
+def messages(st):
+    msgs = []
+    for i in st.ordered():
+        off = st.journal.loc[i]
+        st.load(i)
+        msgs.append({"order": st.seq[i], "pid": st.pid[i], "qos": st.qos[i], "state": STATES[st.state[i]],
+                     "retain": st.retain[i], "topic": bytes(st.topic[i]).decode("utf-8", "replace"),
+                     "payload_len": len(st.msg[i]), "sector": off // F.SECTOR, "offset": off % F.SECTOR})
+    return msgs
 
 
 def table(rows, cols):
-    w = [max(len(str(c)), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c) for c in cols]
+    w = [max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in cols]
     out = ["  ".join(str(c).ljust(x) for c, x in zip(cols, w))]
     for r in rows:
         out.append("  ".join(str(r.get(c, "")).ljust(x) for c, x in zip(cols, w)))
     return "\n".join(out)
 
 
-def main(argv):
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip())
-        return 0 if argv else 2
-    path = argv[0]
-    size = None
-    if "--size" in argv:
-        size = int(argv[argv.index("--size") + 1])
+def parse(argv):
+    o = {"path": None, "records": False, "json": False, "label": "ring", "offset": None, "size": None,
+         "drop": [], "purge": False}
+    it = iter(argv)
+    for a in it:
+        if a in ("-h", "--help"):
+            o["help"] = True
+        elif a in ("--records", "--json", "--purge"):
+            o[a[2:]] = True
+        elif a in ("--label", "--offset", "--size", "--drop"):
+            v = next(it, None)
+            if v is None:
+                raise Usage("%s needs a value" % a)
+            if a == "--label":
+                o["label"] = v
+            else:
+                try:
+                    n = int(v, 0)
+                except ValueError:
+                    raise Usage("%s takes a number (got %r)" % (a, v))
+                if a == "--drop":
+                    o["drop"].append(n)
+                else:
+                    o[a[2:]] = n
+        elif a.startswith("-"):
+            raise Usage("unknown option %s" % a)
+        elif o["path"] is None:
+            o["path"] = a
+        else:
+            raise Usage("one RING only (got %r too)" % a)
+    if o["path"] is None and not o.get("help"):
+        raise Usage("which ring? (a file, a partition or flash dump, or a log ring directory)")
+    return o
+
+
+def run(o):
+    data, where = load(o["path"], o["label"], o["offset"], o["size"])
+    rep = scan(data)
+    if not any(s["state"].startswith("used") for s in rep["sectors"]) and \
+            any(s["state"] not in ("free",) for s in rep["sectors"]):
+        raise Bad("%s is not a ring (no valid sector header)" % o["path"])
+    work = bytearray(data)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        print("ringdump: %s" % e, file=sys.stderr)
-        return 1
-    nsec = (size or max(len(data), SECTOR)) // SECTOR
-    rep = scan(data, nsec)
-    msgs, inbound, reasons = recover(path, nsec * SECTOR, rep["records"])
+        st, notes = open_store(work)
+    except RingError as e:
+        raise Bad(str(e))
+    if o["drop"] or o["purge"]:
+        by_order = {st.seq[i]: i for i in st.ordered()}
+        if o["purge"]:
+            n = st.count + len(st.inbound)
+            st.clear()
+        else:
+            for order in o["drop"]:
+                if order not in by_order:
+                    raise Bad("no pending message with order %d (see the listing)" % order)
+            for order in o["drop"]:
+                st.remove(by_order[order])
+            n = len(o["drop"])
+        st.commit()
+        save(work, where)
+        print("ringdump: %s: %d removed, %d messages left" % (o["path"], n, st.count))
+        return 0
+    msgs = messages(st)
     used = sum(s["used"] for s in rep["sectors"] if s["state"].startswith("used"))
     erases = [s["erases"] for s in rep["sectors"] if s["erases"] is not None]
+    size = len(data)
     summary = {
-        "file": path, "file_bytes": len(data), "sectors": nsec, "ring_bytes": nsec * SECTOR,
-        "used_bytes": used, "free_bytes": nsec * SECTOR - used, "records": len(rep["records"]),
-        "messages_owed": len(msgs), "inbound_qos2_ids": inbound, "crc_failures": rep["crc_failures"],
-        "erases_total": sum(erases), "erases_max": max(erases) if erases else 0,
-        "format_version": ring.VERSION, "recovery_notes": reasons,
+        "ring": o["path"], "sectors": size // F.SECTOR, "ring_bytes": size,
+        "used_bytes": used, "free_bytes": size - used, "records": len(rep["records"]),
+        "messages_owed": len(msgs), "inbound_qos2_ids": sorted(st.inbound),
+        "crc_failures": rep["crc_failures"], "erases_total": sum(erases), "erases_max": max(erases or [0]),
+        "format_version": F.VERSION, "recovery_notes": notes,
     }
-    if "--json" in argv:
+    if o["json"]:
         print(json.dumps({"summary": summary, "sectors": rep["sectors"], "messages": msgs,
                           "records": rep["records"]}, indent=1))
         return 0
-    print("ring %s: %d sectors, %d of %d bytes used, %d free" % (
-        path, nsec, used, nsec * SECTOR, nsec * SECTOR - used))
+    print("ring %s: %d sectors, %d of %d bytes used, %d free" % (o["path"], size // F.SECTOR, used, size,
+                                                                size - used))
     print("records %d, CRC failures %d, erases total %d (max per sector %d)" % (
         summary["records"], summary["crc_failures"], summary["erases_total"], summary["erases_max"]))
     print()
@@ -147,14 +289,32 @@ def main(argv):
     print("messages owed (%d), in original order:" % len(msgs))
     print(table(msgs, ["order", "pid", "qos", "state", "retain", "topic", "payload_len", "sector", "offset"]))
     print()
-    print("inbound QoS 2 ids awaiting PUBREL: %s" % (", ".join(map(str, inbound)) or "none"))
-    for why in reasons:
+    print("inbound QoS 2 ids awaiting PUBREL: %s" % (", ".join(map(str, sorted(st.inbound))) or "none"))
+    for why in notes:
         print("recovery note: " + why)
-    if "--records" in argv:
+    if o["records"]:
         print()
         print(table(rep["records"], ["seq", "type", "pid", "sector", "offset", "bytes", "marks", "topic",
                                      "payload_len"]))
     return 0
+
+
+def main(argv):
+    try:
+        o = parse(argv)
+        if o.get("help"):
+            print(__doc__.strip())
+            return 0
+        return run(o)
+    except Usage as e:
+        print("ringdump: %s (see --help)" % e, file=sys.stderr)
+        return 2
+    except Bad as e:
+        print("ringdump: %s" % e, file=sys.stderr)
+        return 3
+    except BrokenPipeError:  # piped into head: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 if __name__ == "__main__":

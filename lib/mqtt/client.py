@@ -26,9 +26,11 @@ class MQTTClient:
                  ssl=False, ssl_params={}, *, store=None, window=16, max_packet=16384,
                  timeout_ms=10000, ping_timeout_ms=0, ack_timeout_ms=10000, retries=1,
                  reconnect=False, backoff_ms=250, backoff_cap_ms=10000, trace=None,
-                 ring_size=32768, ring_capacity=64, sync_every=1):
-        """store: None (RAM), a path (flash ring file, see ring.py: ring_size bytes,
-          ring_capacity messages, sync_every records per flush) or a store object.
+                 ring_size=32768, ring_capacity=64, sync_every=1, ring_medium=None):
+        """store: None (RAM); a path (the flash ring: see ring.RingStore for ring_size
+          bytes, ring_capacity messages, sync_every records per sync, ring_medium "file"
+          or "log"); a block device with the esp32.Partition protocol (the ring on a raw
+          partition, which it owns whole); or a store object.
         window: QoS 1/2 messages in flight before publish() waits for acks.
         max_packet: largest packet accepted from the broker; larger ones close the link.
         timeout_ms: bound on every blocking step (connect, TLS, SUBACK, a full window).
@@ -51,10 +53,10 @@ class MQTTClient:
         self._details = False
         if store is None:
             store = MemoryStore(window)
-        elif isinstance(store, str):
+        elif isinstance(store, str) or hasattr(store, "readblocks"):
             from .ring import RingStore  # only loaded when a flash store is asked for
 
-            store = RingStore(store, ring_size, ring_capacity, sync_every, log=trace)
+            store = RingStore(store, ring_size, ring_capacity, sync_every, log=trace, medium=ring_medium)
         self.store = store
         # a store smaller than the window would refuse publishes the window admits
         self.session = Session(store, min(window, store.capacity), max_packet, ping_timeout_ms,

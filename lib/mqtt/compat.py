@@ -8,6 +8,8 @@ import select
 from os import urandom  # noqa: F401
 
 MICROPYTHON = sys.implementation.name == "micropython"
+# A microcontroller port (esp32, rp2, ...): its file system is littlefs, not a host's.
+ON_BOARD = sys.platform not in ("linux", "darwin", "win32")
 
 if MICROPYTHON:
     # const(): the compiler folds `_NAME = const(int)` into every use and stores nothing

@@ -1,96 +1,86 @@
-# Flash ring store: the in-flight store kept in a preallocated file, so accepted QoS
-# 1/2 messages survive reboot, kill -9 and power cuts.  Format: docs/ring-format.md.
-#   - The file is N sectors of 4096 bytes (the ESP32 flash erase unit).  A sector
-#     starts with a 20-byte header: magic, generation, erase count, base sequence, CRC.
-#   - Records are appended in sequence: PUB (a whole message), REL (PUBREC seen, PUBREL
-#     owed), DONE (acknowledged), IN_ADD / IN_DEL (inbound QoS 2 id stored / released),
-#     CLEAR (session discarded).  Each has a sequence number and a CRC and never spans
-#     sectors.  State changes never rewrite a payload.
-#   - PUB and IN_ADD records also carry two "marks" outside the CRC, written in place
-#     (clearing bits, as flash allows without an erase): released and done.  A mark
-#     counts only when both its bytes are 0x00, and a DONE/REL record is written too, so
-#     one flipped bit can neither resurrect a completed message nor lose a pending one.
+# Flash ring: the journal that makes the in-flight store (store.py) survive reboot,
+# kill -9 and power cuts.  Format: ringfmt.py and docs/ring-format.md; media:
+# medium.py (raw partition, host file, littlefs directory).
+#   - Records are appended in sequence: PUB (a whole message), REL (PUBREC seen,
+#     PUBREL owed), DONE (acknowledged), IN_ADD / IN_DEL (inbound QoS 2 id stored /
+#     released), CLEAR (session discarded).  State changes never rewrite a payload.
+#   - On media that allow it (flash, host file) a state change also clears a mark in
+#     the record it changes; on append-only media (littlefs) its record is written
+#     twice instead.  Either way one flipped bit can neither resurrect a completed
+#     message nor lose a pending one.
 #   - When the ring is full the oldest sector is reclaimed: its live records are copied
-#     to the head (durably) first, then it is erased.  One sector stays free for that.
+#     to the head (durably) first, the sector is retired (its magic cleared, so a torn
+#     erase can never bring it back), then erased.  One sector stays free for that.
 # Recovery replays every CRC-valid record newer than what it has seen, in (generation,
 # offset) order, resynchronising after a corrupt one; torn and corrupt records are
 # skipped and counted.  Sectors are reclaimed oldest first, so a DONE never disappears
 # while its PUB survives: a completed message is never resurrected.
 import struct
-from binascii import crc32
 
 from .store import MemoryStore, StoreFull
-from .compat import const, MICROPYTHON
-
-# The format (docs/ring-format.md).  const(): folded into the code; the names without
-# an underscore stay importable (tools/ringdump.py reads files with them).
-SECTOR = const(4096)
-SEC_HDR = const(20)  # magic 4, generation u32, erase count u32, base seq u32, crc u32
-REC_HDR = const(14)  # type u8, flags u8, body length u16, seq u32, pid u16, marks 4 (no CRC)
-MARKS = const(10)    # offset of the marks in a record: released u16, done u16
-VERSION = const(2)
-MAGIC = b"RQ\x02\xa5"
-
-# record types
-PUB = const(1)
-_REL = const(2)
-_DONE = const(3)
-_IN_ADD = const(4)
-_IN_DEL = const(5)
-_CLEAR = const(6)
-TYPES = {PUB: "PUB", _REL: "REL", _DONE: "DONE", _IN_ADD: "IN_ADD", _IN_DEL: "IN_DEL", _CLEAR: "CLEAR"}
-
-# PUB flags: bits 0-1 QoS, then
-F_RETAIN = const(4)
-F_RELEASED = const(8)  # a PUB copied while its PUBREL was owed
+from .compat import const
+from .medium import RingError, BlockMedium, FileMedium, LogMedium  # noqa: F401 (RingError: API)
+from .ringfmt import (SECTOR, SEC_HDR, REC_HDR, MARKS, PUB, REL, DONE, IN_ADD, IN_DEL, CLEAR,
+                      F_RETAIN, F_RELEASED, M_RELEASED, M_DONE, rec_size, record_bytes,  # noqa: F401
+                      sector_header, parse_sector_header, pub_body, seal, scan, blank, ours)
 
 # sender states (store.py)
 _AWAIT_PUBACK = const(1)
 _AWAIT_PUBREC = const(2)
 _AWAIT_PUBCOMP = const(3)
 
-_FF = b"\xff" * 256
+
+def RingStore(where, size=32768, capacity=64, sync_every=1, cache=16, log=None, inbound=256, medium=None):
+    """The in-flight store on a flash ring: a MemoryStore index with a Ring journal.
+    where: a block device (esp32.Partition protocol: the ring owns the partition) or
+      a path: medium="file" one preallocated file (hosts), "log" a directory of
+      append-only sector files (littlefs on a board, see medium.py); None picks "log"
+      on a board and "file" on a host, unless what is at the path says otherwise.
+    size: bytes, whole 4096-byte sectors (at least 3); never shrinks an existing ring.
+    capacity: messages held at once (RAM index slots; grows if recovery finds more).
+    sync_every, cache, log, inbound: see Ring."""
+    if hasattr(where, "readblocks"):
+        m = BlockMedium(where)
+    elif (medium or default_medium(where)) == "log":
+        m = LogMedium(where, size // SECTOR)
+    else:
+        m = FileMedium(where, size // SECTOR)
+    try:
+        return MemoryStore(capacity, Ring(m, sync_every, cache, log, inbound))
+    except BaseException:
+        m.close()
+        raise
 
 
-class RingError(Exception):
-    """The file cannot be used as a ring (not ours, or unwritable).  Never raised for
-    torn or corrupt records: those are skipped and counted."""
+def default_medium(path):
+    import os
+    from .compat import ON_BOARD
+
+    try:
+        return "log" if os.stat(path)[0] & 0x4000 else "file"  # what is there already
+    except OSError:
+        return "log" if ON_BOARD else "file"
 
 
-def rec_size(body):
-    """Bytes a record with a body of `body` bytes takes (CRC included, 4-byte aligned)."""
-    return (body + REC_HDR + 7) & ~3
-
-
-def record_bytes(topic_len, payload_len):
-    """Ring bytes one message takes (its PUB record; its DONE adds rec_size(0))."""
-    return rec_size(6 + topic_len + payload_len)
-
-
-class RingStore(MemoryStore):
-    persistent = True
-
-    def __init__(self, path, size=32768, capacity=64, sync_every=1, cache=16, log=None, inbound=256):
-        """path: the ring file (created and preallocated when missing).
-        size: bytes, rounded down to whole 4096-byte sectors (at least 3).
-        capacity: most messages held at once (RAM index slots).
+class Ring:
+    def __init__(self, medium, sync_every=1, cache=16, log=None, inbound=256):
+        """medium: see medium.py.
         sync_every: 1 = every change is on the medium before the call returns;
           N > 1 = group commit: a power cut can lose the last N-1 changes (accepted
           messages among them); commit() syncs, and the client calls it before idling.
-        cache: payloads kept in RAM; the others are read back from the file when sent.
-        log: callable(str) for recovery notes (skipped records and why)."""
-        MemoryStore.__init__(self, capacity)
-        self.nsec = n = size // SECTOR
+        cache: payloads kept in RAM; the others are read back from the medium when sent.
+        log: callable(str) for recovery notes (skipped records and why).
+        inbound: inbound QoS 2 ids held at once (see in_room)."""
+        self.m = medium
+        self.nsec = n = medium.sectors
         if n < 3:
             raise ValueError("ring size must be at least 3 sectors (12288 bytes)")
-        self.path = path
         self.size = n * SECTOR
         self.sync_every = sync_every
         self.cache = cache
         self.log = log
-        self.loc = [0] * capacity  # file offset of each slot's PUB record
-        self.inloc = {}            # inbound pid -> offset of its IN_ADD record
-        self.inbound_max = inbound  # inbound QoS 2 ids held at once (see in_room)
+        self.inbound_max = inbound
+        self.marks = medium.inplace
         self.erases = [0] * n
         self.fill = [0] * n        # next write offset inside the sector
         self.used = []             # sectors in generation order (oldest first)
@@ -101,33 +91,22 @@ class RingStore(MemoryStore):
         self._unsynced = self._cached = self._seq_rec = self._gen = 0
         self._buf = bytearray(256)  # grows to the largest record written
         self._mv = memoryview(self._buf)
-        import os
+        self.loc = []              # medium offset of each slot's PUB record
+        self.inloc = {}            # inbound pid -> offset of its IN_ADD record
+        self.st = None
 
-        try:
-            length = os.stat(path)[6]
-        except OSError:
-            length = -1
-        try:
-            self._f = open(path, "r+b" if length >= 0 else "w+b")
-        except OSError as e:
-            raise RingError("cannot open ring file %s: %s" % (path, e))
-        if length > 0:
-            if length != self.size:
-                self._note("file is %d bytes, not %d: %s" % (length, self.size, "missing sectors reformatted"
-                                                              if length < self.size else "the rest is ignored"))
-            self._recover(length)
-        else:
-            for s in range(n):
-                self._erase(s, False)
-            self._sync()
-            self.free = list(range(n))
+    def attach(self, st):
+        """Take the index (a MemoryStore) and replay the medium into it."""
+        self.st = st
+        self.loc = [0] * st.capacity
+        self._recover()
 
-    # ---- file -------------------------------------------------------------------
+    # ---- medium -------------------------------------------------------------------
     def close(self):
-        if self._f:
+        if self.m:
             self.commit()
-            self._f.close()
-            self._f = None
+            self.m.close()
+            self.m = None
 
     def _note(self, why):
         self.skipped += 1
@@ -137,27 +116,23 @@ class RingStore(MemoryStore):
             self.log("ring: " + why)
 
     def _write(self, off, buf, n):
-        f = self._f
-        f.seek(off)
-        if MICROPYTHON:
-            f.write(buf, n)
-        else:
-            f.write(memoryview(buf)[:n])
+        try:
+            self.m.program(off, buf, n)
+        except OSError as e:  # not a link error: the client must not take it for one
+            raise RingError("ring write failed at %d: %s" % (off, e))
         self.bytes_written += n
 
     def _sync(self):
-        f = self._f
-        f.flush()  # MicroPython: fsync (unix port) / littlefs sync (ESP32)
-        if not MICROPYTHON:
-            import os
-
-            os.fsync(f.fileno())
+        try:
+            self.m.sync()
+        except OSError as e:
+            raise RingError("ring sync failed: %s" % e)
         self.syncs += 1
         self._unsynced = 0
 
     def _changed(self, lazy=False):
         """A change was written.  Lazy changes ride on the next sync: losing one to a
-        power cut only repeats a step the broker tolerates (see remove/set_state)."""
+        power cut only repeats a step the broker tolerates (see done/state)."""
         self._unsynced += 1
         if not lazy and self._unsynced >= self.sync_every:
             self._sync()
@@ -167,29 +142,24 @@ class RingStore(MemoryStore):
         if self._unsynced:
             self._sync()
 
-    def _erase(self, s, count=True):
-        """'Erase' a sector: all 0xFF, as erased flash."""
-        f = self._f
-        f.seek(s * SECTOR)
-        for _ in range(SECTOR // 256):
-            f.write(_FF)
-        self.bytes_written += SECTOR
-        if count:
-            self.erases[s] += 1
+    def _erase(self, s):
+        try:
+            self.m.erase(s)
+        except OSError as e:
+            raise RingError("ring erase of sector %d failed: %s" % (s, e))
+        self.erases[s] += 1
         self.fill[s] = 0
 
     def _open_sector(self, s):
         self._gen += 1
-        h = struct.pack("<4sIII", MAGIC, self._gen, self.erases[s], self._seq_rec + 1)
-        self._write(s * SECTOR, h + struct.pack("<I", crc32(h)), SEC_HDR)
+        self._write(s * SECTOR, sector_header(self._gen, self.erases[s], self._seq_rec + 1), SEC_HDR)
         self.fill[s] = SEC_HDR
         self.used.append(s)
 
     # ---- appending ------------------------------------------------------------
     def _append(self, rtype, flags, pid, topic=None, msg=None, order=0, copy_from=None):
-        """Write one record at the head and return its file offset.  A PUB body is
-        order u32 (acceptance order, kept by copies), topic length u16, topic, payload;
-        copy_from=(offset, body length) re-appends an existing record's body."""
+        """Write one record at the head and return its offset.  copy_from=(offset,
+        body length) re-appends an existing record's body."""
         if copy_from:
             n = copy_from[1]
         elif rtype == PUB:
@@ -204,31 +174,27 @@ class RingStore(MemoryStore):
         if size > len(self._buf):
             self._buf = bytearray(size)
             self._mv = memoryview(self._buf)
-        b = self._buf
-        mv = self._mv
-        end = REC_HDR + n
         if copy_from:
-            self._f.seek(copy_from[0] + REC_HDR)
-            self._f.readinto(mv[REC_HDR:end])
+            self.m.read(copy_from[0] + REC_HDR, self._mv[REC_HDR:REC_HDR + n])
         elif n:
-            tl = len(topic)
-            struct.pack_into("<IH", b, REC_HDR, order, tl)
-            p = REC_HDR + 6 + tl
-            b[REC_HDR + 6 : p] = topic
-            b[p:end] = msg
-        struct.pack_into("<BBHIHi", b, 0, rtype, flags, n, self._seq_rec, pid, -1)  # marks: 0xFF
-        # the CRC covers the header without the marks, and the body
-        struct.pack_into("<I", b, end, crc32(mv[REC_HDR:end], crc32(mv[:MARKS])))
-        for i in range(end + 4, size):
-            b[i] = 0xFF
-        self._write(off, b, size)
+            pub_body(self._buf, order, topic, msg)
+        seal(self._buf, self._mv, rtype, flags, n, self._seq_rec, pid)
+        self._write(off, self._buf, size)
         self.fill[off // SECTOR] += size
         self.records_written += 1
         return off
 
-    def _mark(self, off, which):
-        """Set a mark (0: released, 2: done) of the record at off, in place."""
-        self._write(off + MARKS + which, b"\0\0", 2)
+    def _state_rec(self, rtype, pid, off, which):
+        """Record a state change of the record at off: its own record, plus the mark
+        (which: 0 released, 2 done) where the medium allows in-place writes, else the
+        record twice (append-only media)."""
+        self._append(rtype, 0, pid)
+        if off < 0:
+            return
+        if self.marks:
+            self._write(off + MARKS + which, b"\0\0", 2)
+        else:
+            self._append(rtype, 0, pid)
 
     def _room(self, size):
         """Offset where `size` bytes fit at the head, reclaiming old sectors if needed.
@@ -242,23 +208,18 @@ class RingStore(MemoryStore):
                 self._open_sector(self.free.pop(0))
             elif not self._reclaim():
                 break
-        raise StoreFull("flash ring full (%d bytes, %d messages)" % (self.size, self.count))
+        raise StoreFull("flash ring full (%d bytes, %d messages)" % (self.size, self.st.count))
 
     def _reclaim(self):
         """Free the oldest sector; its live records move to the head first (into the
         spare sector if the head has no room).  False when nothing can be freed."""
         if len(self.used) < 2:
             return False
+        st = self.st
         t = self.used[0]
         lo = t * SECTOR
-        live = []  # in acceptance order
-        for i in self.ordered():
-            if lo <= self.loc[i] < lo + SECTOR:
-                live.append(i)
-        inbound = []
-        for p in self.inloc:
-            if lo <= self.inloc[p] < lo + SECTOR:
-                inbound.append(p)
+        live = [i for i in st.ordered() if lo <= self.loc[i] < lo + SECTOR]  # in acceptance order
+        inbound = [p for p in self.inloc if lo <= self.inloc[p] < lo + SECTOR]
         if live or inbound:
             need = len(inbound) * rec_size(0)
             for i in live:
@@ -270,280 +231,215 @@ class RingStore(MemoryStore):
             for i in live:
                 old = self.loc[i]
                 hdr = self._read_hdr(old)
-                flags = hdr[1] | (F_RELEASED if self.state[i] == _AWAIT_PUBCOMP else 0)
-                self.loc[i] = self._append(PUB, flags, self.pid[i], copy_from=(old, hdr[2]))
+                flags = hdr[1] | (F_RELEASED if st.state[i] == _AWAIT_PUBCOMP else 0)
+                self.loc[i] = self._append(PUB, flags, st.pid[i], copy_from=(old, hdr[2]))
             for p in inbound:
-                self.inloc[p] = self._append(_IN_ADD, 0, p)
+                self.inloc[p] = self._append(IN_ADD, 0, p)
             self._sync()  # the copies must be durable before the originals go
         self.used.pop(0)
+        if self.m.inplace:
+            # retire it first: a torn erase then leaves no valid header, and recovery
+            # never replays a half-erased sector (whose DONE records may be gone)
+            self._write(lo, b"\0\0\0\0", 4)
+            self._sync()
         self._erase(t)
-        self._sync()
         self.free.append(t)
         return True
 
     def _read_hdr(self, off):
         """(type, flags, body length, seq, pid) of the record at off."""
         hb = bytearray(REC_HDR)
-        self._f.seek(off)
-        self._f.readinto(hb)
+        self.m.read(off, hb)
         return struct.unpack_from("<BBHIH", hb, 0)
 
-    # ---- the store interface ------------------------------------------------------
-    def add(self, pid, qos, retain, topic, msg):
-        if self.count >= self.capacity:
-            raise StoreFull("flash ring index full (%d messages)" % self.capacity)
-        off = self._append(PUB, qos | (F_RETAIN if retain else 0), pid, topic, msg, self._seq + 1)
+    # ---- the journal interface (called by MemoryStore) ------------------------------
+    def put(self, i, pid, qos, retain, topic, msg, order):
+        """Record an accepted message in slot i; False: do not keep it in RAM."""
+        self.loc[i] = self._append(PUB, qos | (F_RETAIN if retain else 0), pid, topic, msg, order)
         self._changed()
-        i = MemoryStore.add(self, pid, qos, retain, topic, msg)  # takes seq _seq + 1
-        self.loc[i] = off
         if self._cached >= self.cache:
-            self.topic[i] = self.msg[i] = None  # read back from the file when sent
-        else:
-            self._cached += 1
-        return i
+            return False
+        self._cached += 1
+        return True
 
     def load(self, i):
-        """Read slot i's topic and payload back from its PUB record."""
+        """Read slot i's topic and payload back from its PUB record into the index."""
         off = self.loc[i]
         body = bytearray(self._read_hdr(off)[2])
-        self._f.seek(off + REC_HDR)
-        self._f.readinto(body)
+        self.m.read(off + REC_HDR, body)
         tl = body[4] | body[5] << 8
-        self.topic[i] = bytes(body[6 : 6 + tl])
-        self.msg[i] = m = bytes(body[6 + tl :])
+        st = self.st
+        st.topic[i] = bytes(body[6:6 + tl])
+        st.msg[i] = m = bytes(body[6 + tl:])
         self._cached += 1
         return m
 
-    def set_state(self, i, state):
-        if state == _AWAIT_PUBCOMP and self.state[i] != _AWAIT_PUBCOMP:
-            self._append(_REL, 0, self.pid[i])
-            self._mark(self.loc[i], 0)
+    def state(self, i, old, new):
+        if new == _AWAIT_PUBCOMP and old != _AWAIT_PUBCOMP:
+            self._state_rec(REL, self.st.pid[i], self.loc[i], 0)
             # lazy: if lost, the PUBLISH is resent (DUP) instead of the PUBREL and the
             # broker, still holding it, answers PUBREC again: no duplicate delivery
             self._changed(True)
-        elif state != _AWAIT_PUBCOMP and self.state[i] == _AWAIT_PUBCOMP:
-            # the broker lost the session: restart the QoS 2 flow from a fresh PUB copy
-            old = self.loc[i]
-            self.loc[i] = self._append(PUB, self.qos[i] | (F_RETAIN if self.retain[i] else 0),
-                                       self.pid[i], copy_from=(old, self._read_hdr(old)[2]))
-            self._mark(old, 2)
-            self._changed()
-        self.state[i] = state
+        # a step back from AWAIT_PUBCOMP is never recorded: once PUBREL is owed the
+        # PUBLISH is never sent again [MQTT-4.3.3-1], whatever the session does in RAM
 
-    def remove(self, i):
-        self._append(_DONE, 0, self.pid[i])
-        self._mark(self.loc[i], 2)
+    def done(self, i):
+        st = self.st
+        self._state_rec(DONE, st.pid[i], self.loc[i], 2)
         # QoS 1: lazy - a power cut before the next sync can only resend an acknowledged
         # message once more, which QoS 1 allows.  QoS 2: durable, or a resend after a
         # power cut would be a new (duplicate) message to the broker.
-        self._changed(self.qos[i] == 1)
-        if self.msg[i] is not None:
+        self._changed(st.qos[i] == 1)
+        if st.msg[i] is not None:
             self._cached -= 1
-        MemoryStore.remove(self, i)
 
     def in_room(self):
         """Room for another inbound QoS 2 id: at most `inbound` of them (bounded RAM),
         and ring space for its record (reclaiming old sectors if needed).  A broker
         may send thousands of QoS 2 PUBLISH before the first PUBREL; when this says
         no, the session drops the link unacknowledged and the broker resends later."""
-        if len(self.inbound) >= self.inbound_max:
+        if len(self.st.inbound) >= self.inbound_max:
             return False
         try:
-            self._room(rec_size(0))
+            self._room(2 * rec_size(0))
             return True
         except StoreFull:
             return False
 
     def in_add(self, pid):
-        self.inloc[pid] = self._append(_IN_ADD, 0, pid)
+        self.inloc[pid] = self._append(IN_ADD, 0, pid)
         self._changed()
-        MemoryStore.in_add(self, pid)
 
-    def in_remove(self, pid):
-        self._append(_IN_DEL, 0, pid)
-        off = self.inloc.pop(pid, None)
-        if off is not None:
-            self._mark(off, 2)
+    def in_del(self, pid):
+        self._state_rec(IN_DEL, pid, self.inloc.pop(pid, -1), 2)
         self._changed()
-        MemoryStore.in_remove(self, pid)
-
-    def clear_inbound(self):
-        for pid in list(self.inloc):
-            self.in_remove(pid)
-
-    def discard_session(self):
-        """clean_session=1 with a flash store: the broker forgets our ids and the inbound
-        ids go, but accepted messages are never discarded - they are re-sent after the
-        CONNACK as new publications, as when a broker lost the session."""
-        self.clear_inbound()
 
     def clear(self):
         """Discard the whole session, messages included."""
-        for i in range(self.capacity):
-            if self.pid[i]:
-                self._mark(self.loc[i], 2)
-        for off in self.inloc.values():
-            self._mark(off, 2)
-        self._append(_CLEAR, 0, 0)
+        st = self.st
+        if self.marks:
+            for i in range(st.capacity):
+                if st.pid[i]:
+                    self._write(self.loc[i] + MARKS + 2, b"\0\0", 2)
+            for off in self.inloc.values():
+                self._write(off + MARKS + 2, b"\0\0", 2)
+        self._append(CLEAR, 0, 0)
+        if not self.marks:
+            self._append(CLEAR, 0, 0)
         self._changed()
-        MemoryStore.clear(self)
         self.inloc = {}
         self._cached = 0
 
     # ---- recovery -------------------------------------------------------------------
-    def _recover(self, length):
-        f = self._f
-        hdr = bytearray(SEC_HDR)
+    def _recover(self):
+        m = self.m
+        sec = bytearray(SECTOR)  # one sector at a time, at start-up only
         order = []
-        foreign = 0
+        bad = valid = foreign = 0
         for s in range(self.nsec):
-            if (s + 1) * SECTOR > length:
-                order.append((0, 0, s))  # missing from the file
-                continue
-            f.seek(s * SECTOR)
-            f.readinto(hdr)
-            if hdr[:4] == MAGIC and struct.unpack_from("<I", hdr, 16)[0] == crc32(memoryview(hdr)[:16]):
-                g, e, base = struct.unpack_from("<III", hdr, 4)
-                self.erases[s] = e
-                order.append((g, base, s))
-            elif hdr == _FF[:SEC_HDR]:
+            m.read(s * SECTOR, memoryview(sec)[:SEC_HDR])
+            h = parse_sector_header(sec)
+            if h is None:
                 order.append((-1, 0, s))  # free
-            else:
-                foreign += 1
-                self._note("sector %d: bad header (torn erase or foreign data)" % s)
+            elif isinstance(h, str):
+                if h[0] == "r":
+                    raise RingError("%s sector %d holds %s; this code reads version 2 (left untouched)" % (
+                        m.name, s, h))
+                bad += 1
+                foreign += not ours(sec)
                 order.append((0, 0, s))
-        if foreign == self.nsec:
-            raise RingError("%s is not a ring file (no valid sector header)" % self.path)
+            else:
+                valid += 1
+                self.erases[s] = h[1]
+                order.append((h[0], h[2], s))
+        if foreign and not valid and not m.ours:
+            raise RingError("%s is not a ring file (no valid sector header)" % m.name)
+        if bad:
+            self._note("%d sector(s) with a bad header (torn erase or foreign data) erased" % bad)
+        if hasattr(m, "extend"):
+            m.extend()  # a short file gets its missing sectors, erased
         order.sort()
         self._last = 0  # highest record sequence replayed
         for g, base, s in order:
             if g <= 0:
                 # a free sector needs no erase (no wear) if it reads as all 0xFF
-                if not (g < 0 and self._blank(s * SECTOR, SECTOR)):
-                    self._erase(s, (s + 1) * SECTOR <= length)
+                m.read(s * SECTOR, sec)
+                if not (g < 0 and blank(sec, 0, SECTOR)):
+                    self._erase(s)
                 self.free.append(s)
                 continue
             self._gen = max(self._gen, g)
             self.used.append(s)
-            self.fill[s] = self._scan_sector(s, base)
+            m.read(s * SECTOR, sec)
+            self._sec, self._s, self._base = sec, s, base
+            end, clean = scan(sec, self._visit)
+            # never append after garbage; on append-only media never before the end
+            self.fill[s] = max(end, (m.written(s) + 3) & ~3) if clean else SECTOR
+        self._sec = None
         self._seq_rec = max(self._seq_rec, self._last)
+        st = self.st
         self._cached = 0
-        for i in range(self.capacity):
-            if self.pid[i]:
-                self.topic[i] = self.msg[i] = None  # loaded from the file when sent
+        for i in range(st.capacity):
+            if st.pid[i]:
+                st.topic[i] = st.msg[i] = None  # loaded from the medium when sent
         if self.skipped:
             self._sync()
 
-    def _scan_sector(self, s, base_seq):
-        """Replay sector s.  Returns where appending may continue: after the last valid
-        record if only erased space follows it, else SECTOR (never append after garbage)."""
-        f = self._f
-        hb = bytearray(REC_HDR + 4)
-        base = s * SECTOR
-        pos = end = SEC_HDR
-        bad = False  # inside a run of garbage (noted once per run)
-        while pos + REC_HDR + 4 <= SECTOR:
-            f.seek(base + pos)
-            f.readinto(hb)
-            if hb == _FF[: REC_HDR + 4] and self._blank(base + pos, SECTOR - pos):
-                break  # erased from here on
-            rtype, flags, n, seq, pid = struct.unpack_from("<BBHIH", hb, 0)
-            size = rec_size(n)
-            if not (rtype in TYPES and pos + size <= SECTOR and self._crc_ok(base + pos, n, hb)):
-                if not bad:
-                    self._note("sector %d offset %d: torn or corrupt record skipped" % (s, pos))
-                bad = True
-                pos += 4  # resynchronise on the next 4-byte boundary
-                continue
-            bad = False
-            if seq < base_seq or seq <= self._last:
-                self._note("sector %d offset %d: stale record (seq %d) skipped" % (s, pos, seq))
-                pos += size
-                continue
-            self._last = seq
-            released = hb[MARKS] == 0 and hb[MARKS + 1] == 0
-            done = hb[MARKS + 2] == 0 and hb[MARKS + 3] == 0
-            order = 0
-            if rtype == PUB and n >= 6:
-                f.seek(base + pos + REC_HDR)
-                f.readinto(hb)
-                order = struct.unpack_from("<I", hb, 0)[0]
-            self._replay(rtype, flags, pid, seq, base + pos, n, order, released, done)
-            pos += size
-            end = pos
-        return end if self._blank(base + end, SECTOR - end) else SECTOR
-
-    def _blank(self, off, n):
-        """True if n bytes at off read as erased (0xFF)."""
-        f = self._f
-        f.seek(off)
-        chunk = bytearray(256)
-        while n > 0:
-            k = min(n, 256)
-            got = f.readinto(memoryview(chunk)[:k])
-            if got != k or (chunk if k == 256 else chunk[:k]) != _FF[:k]:
-                return False
-            n -= k
-        return True
-
-    def _crc_ok(self, off, n, hb):
-        """CRC check of the record at off, body read in chunks (no sector buffer)."""
-        f = self._f
-        mv = self._mv
-        crc = crc32(memoryview(hb)[:MARKS])
-        f.seek(off + REC_HDR)
-        while n:
-            k = min(n, len(mv))
-            f.readinto(mv[:k])
-            crc = crc32(mv[:k], crc)
-            n -= k
-        tail = bytearray(4)
-        f.readinto(tail)
-        return struct.unpack_from("<I", tail, 0)[0] == crc
-
-    def _replay(self, rtype, flags, pid, seq, off, n, order, released, done):
+    def _visit(self, pos, rtype, flags, n, seq, pid, marks):
+        s = self._s
+        if not rtype:
+            self._note("sector %d offset %d: torn or corrupt record skipped" % (s, pos))
+            return
+        if seq < self._base or seq <= self._last:
+            self._note("sector %d offset %d: stale record (seq %d) skipped" % (s, pos, seq))
+            return
+        self._last = seq
+        off = s * SECTOR + pos
+        st = self.st
         if rtype == PUB:
             if n < 6:
                 self._note("record seq %d: PUB body too short, skipped" % seq)
                 return
-            self._last_pid = pid
-            i = self.find(pid)
-            if done:  # completed (or superseded by a later copy): its mark says so
+            st._last_pid = pid
+            i = st.find(pid)
+            if marks & M_DONE:  # completed: its mark says so
                 if i >= 0:
-                    MemoryStore.remove(self, i)
+                    st.drop(i)
                 return
             q = flags & 3
-            if i < 0:
-                if self.count >= self.capacity:
-                    self._note("record seq %d: more messages than capacity %d, dropped" % (seq, self.capacity))
-                    return
-                i = MemoryStore.add(self, pid, q, bool(flags & F_RETAIN), None, None)
-            self.loc[i] = off
-            self.qos[i] = q
-            self.retain[i] = bool(flags & F_RETAIN)
-            rel = released or flags & F_RELEASED
-            self.state[i] = _AWAIT_PUBCOMP if rel else (_AWAIT_PUBACK if q == 1 else _AWAIT_PUBREC)
-            self.seq[i] = order
-            self._seq = max(self._seq, order)
-        elif rtype == _REL or rtype == _DONE:
-            i = self.find(pid)
+            state = _AWAIT_PUBCOMP if marks & M_RELEASED or flags & F_RELEASED else \
+                (_AWAIT_PUBACK if q == 1 else _AWAIT_PUBREC)
+            order = struct.unpack_from("<I", self._sec, pos + REC_HDR)[0]
             if i >= 0:
-                if rtype == _REL:
-                    self.state[i] = _AWAIT_PUBCOMP
+                st.drop(i)  # a later copy of the same message
+            elif st.count >= st.capacity:
+                self._note("more messages than capacity %d: index grown" % st.capacity)
+                self.loc.extend([0] * 16)
+                st.grow(16)
+            i = st.put(st.find(0), pid, q, bool(flags & F_RETAIN), None, None, order, state)
+            self.loc[i] = off
+        elif rtype == REL or rtype == DONE:
+            i = st.find(pid)
+            if i >= 0:
+                if rtype == REL:
+                    st.state[i] = _AWAIT_PUBCOMP
                 else:
-                    MemoryStore.remove(self, i)
-        elif rtype == _IN_ADD:
-            if done:
+                    st.drop(i)
+        elif rtype == IN_ADD:
+            if marks & M_DONE:
                 return
             if pid not in self.inloc:
-                MemoryStore.in_add(self, pid)
+                st.inbound.append(pid)
             self.inloc[pid] = off
-        elif rtype == _IN_DEL:
+        elif rtype == IN_DEL:
             if pid in self.inloc:
                 del self.inloc[pid]
-                MemoryStore.in_remove(self, pid)
-        elif rtype == _CLEAR:
-            MemoryStore.clear(self)
+                st.inbound.remove(pid)
+        elif rtype == CLEAR:
+            for i in range(st.capacity):
+                if st.pid[i]:
+                    st.drop(i)
+            st.inbound = []
             self.inloc = {}
 
     # ---- reporting ------------------------------------------------------------------
@@ -552,11 +448,10 @@ class RingStore(MemoryStore):
         for s in self.used:
             used_bytes += self.fill[s]
         return {
-            "size": self.size, "sectors": self.nsec, "messages": self.count,
-            "capacity": self.capacity, "inbound": len(self.inbound),
-            "free_bytes": self.size - used_bytes, "skipped": self.skipped,
-            "bytes_written": self.bytes_written, "records_written": self.records_written,
-            "syncs": self.syncs, "erases": sum(self.erases), "max_erases": max(self.erases),
+            "size": self.size, "sectors": self.nsec, "free_bytes": self.size - used_bytes,
+            "skipped": self.skipped, "bytes_written": self.bytes_written,
+            "records_written": self.records_written, "syncs": self.syncs,
+            "erases": sum(self.erases), "max_erases": max(self.erases),
             "record_overhead": REC_HDR + 6 + 4,  # + topic + payload, rounded up to 4
             "done_record": rec_size(0),
         }

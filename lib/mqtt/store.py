@@ -4,9 +4,10 @@
 #     each in state AWAIT_PUBACK, AWAIT_PUBREC or AWAIT_PUBCOMP (PUBREL owed);
 #   - inbound QoS 2 packet ids that got PUBREC and wait for PUBREL;
 #   - the packet-id counter.
-# MemoryStore keeps it in RAM in fixed slot arrays (no allocation per message:
-# a slot references the caller's topic/msg objects).  The flash ring store keeps
-# the same arrays and also journals every change to a file.
+# MemoryStore is the index: it keeps that state in RAM in fixed slot arrays (no
+# allocation per message: a slot references the caller's topic/msg objects).  With a
+# journal (the flash ring, ring.py) every change is also written to the medium before
+# the index takes it, and the journal rebuilds the index at start-up.
 
 from .compat import const
 
@@ -20,10 +21,11 @@ class StoreFull(Exception):
 
 
 class MemoryStore:
-    persistent = False
-
-    def __init__(self, capacity=16):
+    def __init__(self, capacity=16, journal=None):
+        """journal: None (RAM only) or a ring.Ring that records every change durably."""
         self.capacity = capacity
+        self.journal = journal
+        self.persistent = journal is not None
         # Slot arrays; pid 0 marks a free slot ([MQTT-2.3.1-1]: ids are non-zero).
         self.pid = [0] * capacity
         self.state = [0] * capacity
@@ -39,6 +41,18 @@ class MemoryStore:
         self.tries = [0] * capacity     # in-session resends of the current step
         self.count = self._seq = self._last_pid = 0
         self.inbound = []  # QoS 2 ids awaiting PUBREL [MQTT-4.3.3-2]
+        if journal:
+            journal.attach(self)  # replays what the medium holds into the index
+
+    def grow(self, n):
+        """Room for n more slots (recovery found more messages than the capacity)."""
+        self.capacity += n
+        for a in (self.pid, self.state, self.qos, self.seq, self.sent_at, self.tries):
+            a.extend([0] * n)
+        for a in (self.retain, self.sent, self.dup):
+            a.extend([False] * n)
+        self.topic.extend([None] * n)
+        self.msg.extend([None] * n)
 
     # -- packet ids ------------------------------------------------------------
     def next_pid(self, busy=()):
@@ -61,23 +75,45 @@ class MemoryStore:
         if self.count >= self.capacity:
             raise StoreFull("store full (%d messages)" % self.capacity)
         i = self.find(0)
+        j = self.journal
+        # the journal writes first (it may raise): the index only holds what is recorded
+        if j and not j.put(i, pid, qos, retain, topic, msg, self._seq + 1):
+            topic = msg = None  # not cached: read back from the medium when sent (load)
+        return self.put(i, pid, qos, retain, topic, msg, self._seq + 1,
+                        AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC)
+
+    def put(self, i, pid, qos, retain, topic, msg, seq, state):
+        """Fill slot i (index only, nothing journaled: also used by recovery)."""
         self.pid[i] = pid
-        self.state[i] = AWAIT_PUBACK if qos == 1 else AWAIT_PUBREC
+        self.state[i] = state
         self.qos[i] = qos
         self.retain[i] = retain
         self.topic[i] = topic
         self.msg[i] = msg
-        self._seq += 1
-        self.seq[i] = self._seq
+        if seq > self._seq:
+            self._seq = seq
+        self.seq[i] = seq
         self.sent[i] = self.dup[i] = False
         self.tries[i] = 0
         self.count += 1
         return i
 
+    def load(self, i):
+        """Slot i's payload, read back from the journal when not kept in RAM."""
+        return self.journal.load(i)
+
     def set_state(self, i, state):
+        if self.journal:
+            self.journal.state(i, self.state[i], state)
         self.state[i] = state
 
     def remove(self, i):
+        if self.journal:
+            self.journal.done(i)
+        self.drop(i)
+
+    def drop(self, i):
+        """Free slot i (index only)."""
         self.pid[i] = 0
         self.topic[i] = self.msg[i] = None
         self.sent[i] = False
@@ -97,31 +133,52 @@ class MemoryStore:
     # -- inbound QoS 2 ---------------------------------------------------------
     def in_room(self):
         """Can another inbound QoS 2 id be recorded?  (RAM: always.)"""
-        return True
+        return self.journal.in_room() if self.journal else True
 
     def in_add(self, pid):
+        if self.journal:
+            self.journal.in_add(pid)
         self.inbound.append(pid)
 
     def in_remove(self, pid):
+        if self.journal:
+            self.journal.in_del(pid)
         self.inbound.remove(pid)
 
     # -- session ---------------------------------------------------------------
     def clear(self):
-        """Discard the whole session, clean_session=1 [MQTT-3.1.2-6]."""
+        """Discard the whole session, messages included."""
+        if self.journal:
+            self.journal.clear()
         for i in range(self.capacity):
             if self.pid[i]:
-                self.remove(i)
+                self.drop(i)
         self.inbound = []
 
     def discard_session(self):
-        """clean_session=1: the whole session goes [MQTT-3.1.2-6]."""
-        self.clear()
+        """clean_session=1 [MQTT-3.1.2-6]: the broker forgets our ids.  In RAM the
+        session goes whole; a persistent store never discards accepted messages - they
+        are re-sent after the CONNACK as new publications - only the inbound ids go."""
+        if self.journal:
+            self.clear_inbound()
+        else:
+            self.clear()
 
     def clear_inbound(self):
-        self.inbound = []
+        for pid in self.inbound[:]:
+            self.in_remove(pid)
 
     def commit(self):
-        pass
+        """Make every change so far durable (group commit)."""
+        if self.journal:
+            self.journal.commit()
 
     def close(self):
-        pass
+        if self.journal:
+            self.journal.close()
+
+    def stats(self):
+        d = {"messages": self.count, "capacity": self.capacity, "inbound": len(self.inbound)}
+        if self.journal:
+            d.update(self.journal.stats())
+        return d
