@@ -119,7 +119,7 @@ def save(data, where):
         for s in range(len(data) // F.SECTOR):
             sec = bytes(data[s * F.SECTOR:(s + 1) * F.SECTOR])
             p = os.path.join(where[1], str(s))
-            if F.blank(sec, 0, F.SECTOR):
+            if sec == b"\xff" * F.SECTOR:
                 if os.path.exists(p):
                     os.remove(p)
                 continue
@@ -143,9 +143,12 @@ def scan(data):
         sec = bytearray(data[s * F.SECTOR:(s + 1) * F.SECTOR])
         info = {"sector": s, "state": "free", "generation": None, "erases": None, "used": 0}
         sectors.append(info)
+        def read(pos, mv):
+            mv[:] = sec[pos:pos + len(mv)]
+        scratch = bytearray(256)
         h = F.parse_sector_header(sec)
         if h is None:
-            if not F.blank(sec, 0, F.SECTOR):
+            if not F.blank(read, scratch, 0, F.SECTOR):
                 info["state"] = "erased header, data after it"
             continue
         if isinstance(h, str):
@@ -169,7 +172,7 @@ def scan(data):
                            released=bool(flags & F.F_RELEASED), topic=bytes(topic).decode("utf-8", "replace"),
                            payload_len=len(payload))
             records.append(rec)
-        end, clean = F.scan(sec, visit)
+        end, clean = F.scan(read, scratch, visit)
         info["used"] = end
         if not clean and info["state"] == "used":
             info["state"] = "used, torn tail"

@@ -19,7 +19,7 @@ import struct
 
 from .store import MemoryStore, StoreFull
 from .compat import const
-from .medium import RingError, BlockMedium, FileMedium, LogMedium  # noqa: F401 (RingError: API)
+from .medium import RingError, BlockMedium  # noqa: F401 (RingError: part of the API)
 from .ringfmt import (SECTOR, SEC_HDR, REC_HDR, MARKS, PUB, REL, DONE, IN_ADD, IN_DEL, CLEAR,
                       F_RETAIN, F_RELEASED, M_RELEASED, M_DONE, rec_size, record_bytes,  # noqa: F401
                       sector_header, parse_sector_header, pub_body, seal, scan, blank, ours)
@@ -42,8 +42,12 @@ def RingStore(where, size=32768, capacity=64, sync_every=1, cache=16, log=None, 
     if hasattr(where, "readblocks"):
         m = BlockMedium(where)
     elif (medium or default_medium(where)) == "log":
+        from .logmedium import LogMedium  # each medium loads only where it is used
+
         m = LogMedium(where, size // SECTOR)
     else:
+        from .filemedium import FileMedium
+
         m = FileMedium(where, size // SECTOR)
     try:
         return MemoryStore(capacity, Ring(m, sync_every, cache, log, inbound))
@@ -53,13 +57,16 @@ def RingStore(where, size=32768, capacity=64, sync_every=1, cache=16, log=None, 
 
 
 def default_medium(path):
+    """"log" on a board (littlefs) unless a ring file is already there; "file" on a host."""
     import os
     from .compat import ON_BOARD
 
+    if not ON_BOARD:
+        return "file"
     try:
-        return "log" if os.stat(path)[0] & 0x4000 else "file"  # what is there already
+        return "log" if os.stat(path)[0] & 0x4000 else "file"  # keep using what is there
     except OSError:
-        return "log" if ON_BOARD else "file"
+        return "log"
 
 
 class Ring:
@@ -333,49 +340,58 @@ class Ring:
     # ---- recovery -------------------------------------------------------------------
     def _recover(self):
         m = self.m
-        sec = bytearray(SECTOR)  # one sector at a time, at start-up only
-        order = []
-        bad = valid = foreign = 0
+        hdr = bytearray(SEC_HDR)
+        self._scratch = bytearray(64)  # recovery reads in small pieces: no sector-sized buffer
+        order = []  # (base seq, generation, sector): -1 free, 0 bad, else in use
+        valid = foreign = 0
         for s in range(self.nsec):
-            m.read(s * SECTOR, memoryview(sec)[:SEC_HDR])
-            h = parse_sector_header(sec)
+            m.read(s * SECTOR, hdr)
+            h = parse_sector_header(hdr)
             if h is None:
-                order.append((-1, 0, s))  # free
-            elif isinstance(h, str):
-                if h[0] == "r":
-                    raise RingError("%s sector %d holds %s; this code reads version 2 (left untouched)" % (
-                        m.name, s, h))
-                bad += 1
-                foreign += not ours(sec)
-                order.append((0, 0, s))
-            else:
+                order.append((-2, -1, s))  # free
+            elif not isinstance(h, str):
                 valid += 1
                 self.erases[s] = h[1]
-                order.append((h[0], h[2], s))
+                order.append((h[2], h[0], s))
+            elif h[0] == "r":
+                raise RingError("%s sector %d holds %s; this code reads version 2 (left untouched)" % (
+                    m.name, s, h))
+            else:
+                first = -1
+                if h[0] == "d":  # a flipped bit in the header: order it by its records
+                    self._s = s
+                    self._first = -1
+                    scan(self._read, self._scratch, self._first_seq)
+                    first = self._first
+                if first >= 0:
+                    valid += 1
+                    self._note("sector %d: damaged header, records kept" % s)
+                    order.append((first, 1, s))
+                else:
+                    foreign += not ours(hdr)
+                    self._note("sector %d: %s, erased" % (s, h))
+                    order.append((-1, 0, s))
         if foreign and not valid and not m.ours:
             raise RingError("%s is not a ring file (no valid sector header)" % m.name)
-        if bad:
-            self._note("%d sector(s) with a bad header (torn erase or foreign data) erased" % bad)
         if hasattr(m, "extend"):
             m.extend()  # a short file gets its missing sectors, erased
-        order.sort()
+        order.sort()  # sectors are opened in record sequence order
         self._last = 0  # highest record sequence replayed
-        for g, base, s in order:
+        for base, g, s in order:
             if g <= 0:
                 # a free sector needs no erase (no wear) if it reads as all 0xFF
-                m.read(s * SECTOR, sec)
-                if not (g < 0 and blank(sec, 0, SECTOR)):
+                self._s = s
+                if not (g < 0 and blank(self._read, self._scratch, 0, SECTOR)):
                     self._erase(s)
                 self.free.append(s)
                 continue
             self._gen = max(self._gen, g)
             self.used.append(s)
-            m.read(s * SECTOR, sec)
-            self._sec, self._s, self._base = sec, s, base
-            end, clean = scan(sec, self._visit)
+            self._s, self._base = s, base
+            end, clean = scan(self._read, self._scratch, self._visit)
             # never append after garbage; on append-only media never before the end
             self.fill[s] = max(end, (m.written(s) + 3) & ~3) if clean else SECTOR
-        self._sec = None
+        self._scratch = None
         self._seq_rec = max(self._seq_rec, self._last)
         st = self.st
         self._cached = 0
@@ -384,6 +400,13 @@ class Ring:
                 st.topic[i] = st.msg[i] = None  # loaded from the medium when sent
         if self.skipped:
             self._sync()
+
+    def _read(self, pos, mv):
+        self.m.read(self._s * SECTOR + pos, mv)
+
+    def _first_seq(self, pos, rtype, flags, n, seq, pid, marks):
+        if rtype and self._first < 0:
+            self._first = seq
 
     def _visit(self, pos, rtype, flags, n, seq, pid, marks):
         s = self._s
@@ -409,7 +432,9 @@ class Ring:
             q = flags & 3
             state = _AWAIT_PUBCOMP if marks & M_RELEASED or flags & F_RELEASED else \
                 (_AWAIT_PUBACK if q == 1 else _AWAIT_PUBREC)
-            order = struct.unpack_from("<I", self._sec, pos + REC_HDR)[0]
+            b = self._scratch
+            self._read(pos + REC_HDR, memoryview(b)[:4])
+            order = struct.unpack_from("<I", b, 0)[0]
             if i >= 0:
                 st.drop(i)  # a later copy of the same message
             elif st.count >= st.capacity:

@@ -56,7 +56,9 @@ def sector_header(gen, erases, base):
 
 def parse_sector_header(h):
     """(generation, erase count, base seq) of a valid header; None for an erased one;
-    else a string saying what it is (a ring of another format version, or damage)."""
+    else a string saying what it is: a ring of another format version, a damaged header
+    (magic within one bit, CRC wrong: a flipped bit - its records are still good), or
+    a bad one (torn erase, retired sector, foreign data)."""
     if h[:SEC_HDR] == FF[:SEC_HDR]:
         return None
     ok = struct.unpack_from("<I", h, 16)[0] == crc32(h[:16])
@@ -64,7 +66,13 @@ def parse_sector_header(h):
         return struct.unpack_from("<III", h, 4)
     if ok and h[:2] == b"RQ" and h[3] == 0xA5:
         return "ring format version %d" % h[2]
-    return "bad header (torn erase or foreign data)"
+    diff = 0
+    for i in range(4):
+        x = h[i] ^ MAGIC[i]
+        while x:
+            diff += x & 1
+            x >>= 1
+    return "damaged header" if diff <= 1 else "bad header (torn erase or foreign data)"
 
 
 def ours(h):
@@ -107,18 +115,22 @@ def parse_pub(body):
     return struct.unpack_from("<I", body, 0)[0], body[6:6 + tl], body[6 + tl:]
 
 
-def blank(sec, a, b):
-    """True if sec[a:b] reads as erased flash (all 0xFF)."""
+def blank(read, buf, a, b):
+    """True if bytes a..b of a sector read as erased flash (all 0xFF).
+    read(pos, mv) fills mv from sector offset pos; buf: scratch bytearray."""
+    mv = memoryview(buf)
     while a < b:
-        k = min(b - a, 256)
-        if sec[a:a + k] != FF[:k]:
+        k = min(b - a, len(buf))
+        read(a, mv[:k])
+        if (buf if k == len(buf) else buf[:k]) != FF[:k]:
             return False
         a += k
     return True
 
 
-def scan(sec, visit):
-    """Walk the records of one sector image (a bytearray of SECTOR bytes).
+def scan(read, buf, visit):
+    """Walk the records of one sector.  read(pos, mv) fills mv from sector offset pos;
+    buf: a scratch bytearray (at least 24 bytes, a multiple of 4: RAM stays small).
     visit(pos, type, flags, n, seq, pid, marks) for each CRC-valid record (marks:
     M_RELEASED | M_DONE), and visit(pos, 0, ...) at the start of each run of torn or
     corrupt bytes (resynchronising on the next 4-byte boundary).  Returns (end,
@@ -126,18 +138,30 @@ def scan(sec, visit):
     bytes follow it (appending may continue there; never after garbage)."""
     pos = end = SEC_HDR
     bad = False
-    mv = memoryview(sec)
+    mv = memoryview(buf)
+    hb = bytearray(REC_HDR + 4)
     while pos + REC_HDR + 4 <= SECTOR:
-        if sec[pos] == 0xFF and blank(sec, pos, SECTOR):
+        read(pos, hb)
+        if hb == FF[:REC_HDR + 4] and blank(read, buf, pos, SECTOR):
             break  # erased from here on
-        rtype, flags, n, seq, pid = struct.unpack_from("<BBHIH", sec, pos)
+        rtype, flags, n, seq, pid = struct.unpack_from("<BBHIH", hb, 0)
         size = rec_size(n)
-        e = pos + REC_HDR + n
-        if rtype in TYPES and pos + size <= SECTOR and \
-                struct.unpack_from("<I", sec, e)[0] == crc32(mv[pos + REC_HDR:e], crc32(mv[pos:pos + MARKS])):
+        ok = PUB <= rtype <= CLEAR and pos + size <= SECTOR
+        if ok:
+            crc = crc32(memoryview(hb)[:MARKS])
+            a = pos + REC_HDR
+            e = a + n
+            while a < e:
+                k = min(e - a, len(buf))
+                read(a, mv[:k])
+                crc = crc32(mv[:k], crc)
+                a += k
+            read(e, mv[:4])
+            ok = struct.unpack_from("<I", buf, 0)[0] == crc
+        if ok:
             bad = False
-            m = (M_RELEASED if sec[pos + MARKS] == 0 and sec[pos + MARKS + 1] == 0 else 0) | \
-                (M_DONE if sec[pos + MARKS + 2] == 0 and sec[pos + MARKS + 3] == 0 else 0)
+            m = (M_RELEASED if hb[MARKS] == 0 and hb[MARKS + 1] == 0 else 0) | \
+                (M_DONE if hb[MARKS + 2] == 0 and hb[MARKS + 3] == 0 else 0)
             visit(pos, rtype, flags, n, seq, pid, m)
             pos += size
             end = pos
@@ -146,4 +170,4 @@ def scan(sec, visit):
                 visit(pos, 0, 0, 0, 0, 0, 0)
             bad = True
             pos += 4
-    return end, blank(sec, end, SECTOR)
+    return end, blank(read, buf, end, SECTOR)
