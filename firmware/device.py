@@ -66,6 +66,13 @@ class Device:
                 log("wifi: not connected; readings go to the ring and wait for the link")
         m = self.cfg["mqtt"]
         r = self.cfg["ring"]
+        # the raw partition ring.partition when the board has it, else the file ring.path
+        store = board.ring_store(r, log)
+        if isinstance(store, str):
+            where, ring_size = store, r["size"]
+        else:
+            ring_size = board.partition_bytes(store)
+            where = "partition %s (%d bytes)" % (r["partition"], ring_size)
         params = {}
         if "tls" in m:
             params["cafile"] = m["tls"]["ca"]
@@ -73,8 +80,8 @@ class Device:
                 params["server_hostname"] = m["tls"]["server_hostname"]
         c = self.client = MQTTClient(
             self.client_id, m["broker"], m["port"], user=m.get("user"), password=m.get("password"),
-            keepalive=m["keepalive"], ssl="tls" in m, ssl_params=params, store=r["path"],
-            ring_size=r["size"], ring_capacity=r["capacity"], reconnect=True,
+            keepalive=m["keepalive"], ssl="tls" in m, ssl_params=params, store=store,
+            ring_size=ring_size, ring_capacity=r["capacity"], reconnect=True,
             # A window larger than the ring's capacity would make publish() raise StoreFull
             # while connected instead of waiting for acks.
             window=min(16, r["capacity"]),
@@ -86,7 +93,7 @@ class Device:
         self.at_boot = c.in_flight()
         log("device %s: client id %s, topics %s/..., broker %s:%d%s, ring %s (%d unsent)" % (
             self.uid, self.client_id, self.prefix, m["broker"], m["port"], " (TLS)" if "tls" in m else "",
-            r["path"], self.at_boot))
+            where, self.at_boot))
         try:
             sp = c.connect(clean_session=False)
             log("mqtt: connected (session present: %s)" % bool(sp))

@@ -167,6 +167,12 @@ def exists(path):
         return False
 
 
+def find_partition(label):
+    import esp32
+
+    return esp32.Partition.find(esp32.Partition.TYPE_DATA, label=label)
+
+
 def deepsleep(ms):
     machine.deepsleep(ms)
 

@@ -24,6 +24,7 @@ _rtc_path = None
 _wake_path = None
 _held = {}        # pin -> level forced by --pin N=LEVEL
 _woke = False
+_finder = None    # set_partition_finder(): raw partitions for tests
 
 
 def _now_ms():
@@ -173,6 +174,18 @@ def exists(path):
         return True
     except OSError:
         return False
+
+
+def set_partition_finder(finder):
+    """Tests: finder(label) -> a list of block devices with the esp32.Partition protocol
+    ([] = the board has no such partition), as esp32.Partition.find answers on a board.
+    None (the default): the host has no partition table and the ring stays a file."""
+    global _finder
+    _finder = finder
+
+
+def find_partition(label):
+    return None if _finder is None else _finder(label)
 
 
 def _exit(code):

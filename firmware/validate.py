@@ -10,6 +10,10 @@ import json
 CHIPS = ("esp32", "esp32s3", "esp32c3", "unix")
 KINDS = ("adc", "dht11", "dht22", "ds18b20", "bme280", "sim")
 RESERVED = ("status", "cmd", "reply", "health")  # topics the firmware uses itself
+# flash.size: MicroPython's generic partition tables (tools/partitions.py)
+FLASH_SIZES = ("2MB", "4MB", "8MB", "16MB", "32MB")
+# Partition labels of MicroPython's tables and firmware: never the ring's (ring.partition)
+RESERVED_LABELS = ("nvs", "phy_init", "factory", "vfs", "ffat", "romfs", "otadata", "ota_0", "ota_1")
 
 
 def _span(a, b):
@@ -210,13 +214,15 @@ def validate(cfg):
         f = cfg["flash"]
         if chip == "unix":
             c.err("flash", "not used for chip unix (remove it)")
-        if c.obj("flash", f, ("offset",), ("offset",)) and "offset" in f:
+        if c.obj("flash", f, ("offset", "size"), ("offset",)) and "offset" in f:
             off = f["offset"]
             if type(off) is not str or len(off) < 3 or off[:2] != "0x" \
                     or not all(ch in "0123456789abcdefABCDEF" for ch in off[2:]):
                 c.err("flash.offset", "must be a hex string like \"0x1000\" (got %s)" % _fmt(off))
             elif esp and off != CHIP[chip]["offset"]:
                 c.err("flash.offset", "must be \"%s\" for chip %s (got %s)" % (CHIP[chip]["offset"], chip, _fmt(off)))
+        if type(f) is dict and "size" in f:
+            c.enum("flash.size", f["size"], FLASH_SIZES)
     elif esp:
         c.err("flash", "required for chip %s ({\"offset\": \"%s\"})" % (chip, CHIP[chip]["offset"]))
 
@@ -244,9 +250,11 @@ def validate(cfg):
         _mqtt(c, cfg["mqtt"])
     if "ring" in cfg:
         r = cfg["ring"]
-        if c.obj("ring", r, ("path", "size", "capacity"), ("path", "size")):
+        if c.obj("ring", r, ("path", "partition", "size", "capacity"), ("path", "size")):
             if "path" in r and c.str_("ring.path", r["path"], 1, 255) and esp and r["path"][0] != "/":
                 c.err("ring.path", "must be an absolute path on the device, like \"/ring.bin\" (got %s)" % _fmt(r["path"]))
+            if "partition" in r:
+                _partition_label(c, r["partition"], chip)
             if "size" in r and c.int_("ring.size", r["size"], 12288, 1048576) and int(r["size"]) % 4096:
                 c.err("ring.size", "must be a multiple of 4096 (the flash sector) (got %s)" % _fmt(r["size"]))
             if "capacity" in r:
@@ -293,6 +301,18 @@ def validate(cfg):
             for name in sorted(ss):
                 _sensor(c, "sensors." + name, name, ss[name], chip)
     return c.errors
+
+
+def _partition_label(c, label, chip):
+    if chip == "unix":
+        c.err("ring.partition", "not used for chip unix (the host keeps the ring in ring.path)")
+    elif type(label) is not str or not 1 <= len(label) <= 16 or not _chars_ok(label, "_-") \
+            or label != label.lower() or label[0] in "_-":
+        c.err("ring.partition", "must be a partition label of 1..16 lower-case letters, digits, '_' or '-' (got %s)"
+              % _fmt(label))
+    elif label in RESERVED_LABELS:
+        c.err("ring.partition", "%s is a label MicroPython uses (%s): pick another, e.g. \"ring\""
+              % (_fmt(label), ", ".join(RESERVED_LABELS)))
 
 
 def _mqtt(c, m):

@@ -93,6 +93,10 @@ GOOD = [
     ("unix may keep a wifi section", make(UNIX, wifi={"ssid": "ignored"})),
     ("safe mode on unix", make(UNIX, safe_mode={"pin": 63, "active": "high", "window_ms": 0, "flag_file": "f"})),
     ("esp32 safe-mode pin 0", make(ESP32, safe_mode={"pin": 0})),
+    ("ring partition with flash size", make(ESP32, flash={"offset": "0x1000", "size": "16MB"},
+                                            ring__partition="ring")),
+    ("ring partition, 16-character label", make(C3, ring__partition="ring_store-01234")),
+    ("flash size 2MB", make(ESP32, flash={"offset": "0x1000", "size": "2MB"})),
     ("16 sensors", make(UNIX, sensors={"s%d" % i: {"kind": "sim"} for i in range(16)})),
     ("sensor name with dash", make(UNIX, sensors={"bench-air": {"kind": "sim"}})),
 ]
@@ -109,7 +113,16 @@ BAD = [
     ("esp32s3 flash offset 0x1000", make(S3, flash={"offset": "0x1000"}), {"flash.offset"}, '"0x0" for chip esp32s3'),
     ("flash offset not hex", make(ESP32, flash={"offset": "4096"}), {"flash.offset"}, "hex string"),
     ("unix with flash", make(UNIX, flash={"offset": "0x0"}), {"flash"}, "not used for chip unix"),
-    ("flash unknown key", make(ESP32, flash={"offset": "0x1000", "size": "4MB"}), {"flash.size"}, "unknown key"),
+    ("flash unknown key", make(ESP32, flash={"offset": "0x1000", "mode": "dio"}), {"flash.mode"}, "unknown key"),
+    ("flash size 3MB", make(ESP32, flash={"offset": "0x1000", "size": "3MB"}), {"flash.size"}, '"4MB"'),
+    ("flash size a number", make(ESP32, flash={"offset": "0x1000", "size": 4}), {"flash.size"}, "one of"),
+    ("ring partition on unix", make(UNIX, ring__partition="ring"), {"ring.partition"}, "not used for chip unix"),
+    ("ring partition label too long", make(ESP32, ring__partition="r" * 17), {"ring.partition"}, "1..16"),
+    ("ring partition label upper case", make(ESP32, ring__partition="Ring"), {"ring.partition"}, "lower-case"),
+    ("ring partition label empty", make(ESP32, ring__partition=""), {"ring.partition"}, "partition label"),
+    ("ring partition label a number", make(ESP32, ring__partition=5), {"ring.partition"}, "partition label"),
+    ("ring partition is the vfs", make(ESP32, ring__partition="vfs"), {"ring.partition"}, "label MicroPython uses"),
+    ("ring partition is nvs", make(S3, ring__partition="nvs"), {"ring.partition"}, "label MicroPython uses"),
     ("esp32 without wifi", make(ESP32, wifi=DELETE), {"wifi"}, "required for chip esp32"),
     ("wifi without ssid", make(ESP32, wifi={"retries": 3}), {"wifi.ssid"}, "required"),
     ("ssid too long", make(ESP32, wifi__ssid="x" * 33), {"wifi.ssid"}, "1..32"),
@@ -299,8 +312,9 @@ def test_board_file_is_valid_and_keeps_the_deploy_contract(name, validator):
     if cfg["chip"] == "unix":
         assert "flash" not in cfg
     else:
-        assert cfg["flash"] == {"offset": "0x1000" if cfg["chip"] == "esp32" else "0x0"}
+        assert cfg["flash"]["offset"] == ("0x1000" if cfg["chip"] == "esp32" else "0x0")
         assert cfg["ring"]["path"].startswith("/")
+        assert cfg["ring"]["partition"] == "ring"  # the ring on its raw partition (make flash)
     # secrets never in boards/
     assert validate_board.leaked_secrets(cfg) == []
     assert "password" not in json.dumps(cfg)
@@ -406,6 +420,22 @@ def test_tool_names_the_key_and_the_problem(tmp_path):
     assert "mqtt.port: 70000 is greater than the maximum of 65535" in r.stdout
     assert "sensors.x.pins.adc:" in r.stdout
     assert "DISAGREEMENT" not in r.stdout
+
+
+def test_tool_checks_that_the_ring_partition_fits_the_flash(tmp_path):
+    """The layout rule of tools/partitions.py: a 2MB flash's vfs (320 KB) keeps 256 KB, so it
+    gives the ring at most 64 KB; the error names ring.size."""
+    d = tmp_path / "boards"
+    d.mkdir()
+    small = make(ESP32, board="node", flash={"offset": "0x1000", "size": "2MB"}, ring__partition="ring")
+    (d / "node.json").write_text(json.dumps(make(small, ring__size=65536)))
+    assert run_tool(d / "node.json").returncode == 0
+    (d / "node.json").write_text(json.dumps(make(small, ring__size=69632)))
+    r = run_tool(d / "node.json")
+    assert r.returncode == 1
+    assert "ring.size: 69632 bytes is more than the vfs of a 2MB flash can give (at most 65536" in r.stdout
+    (d / "node.json").write_text(json.dumps(make(small, ring__size=69632, ring__partition=DELETE)))
+    assert run_tool(d / "node.json").returncode == 0  # no partition: the ring is a file on vfs
 
 
 def test_tool_merges_secrets_and_never_prints_them(tmp_path):

@@ -696,6 +696,22 @@ import hostsim
 def DS18X20(ow):
     return hostsim.DS18X20(ow.pin.n)
 """,
+    # The flash's partition table: STUB_PARTITIONS="label:size,..." (none: flashed without the
+    # board's table, so the firmware falls back to the ring file).
+    "esp32.py": """
+import os, machine
+class Partition:
+    TYPE_APP, TYPE_DATA = 0, 1
+    def __init__(self, label, size):
+        self.label, self.size = label, size
+    @staticmethod
+    def find(type=0, subtype=255, label=None, block_size=4096):
+        machine._log("Partition.find", type, subtype, label)
+        table = [p.split(":") for p in os.environ.get("STUB_PARTITIONS", "").split(",") if p]
+        return [Partition(l, int(s)) for l, s in table if type == 1 and l == label]
+    def ioctl(self, op, arg):
+        return {4: self.size // 4096, 5: 4096}.get(op)
+""",
 }
 
 ESP32_DRIVER = """
@@ -746,6 +762,9 @@ def test_esp32_board_layer_runs_the_app_against_stub_hardware(tmp_path, broker, 
     assert "WLAN.connect sensors hunter2hunter2" in hw  # the password came from the secrets file
     assert "WDT 30000" in hw and "I2C 0 22 21 100000" in hw and "ADC 34 3" in hw
     assert "Pin 0 1 3" in hw  # the safe-mode button: input with pull-up
+    # no ring partition on this "flash": the ring file, with one warning
+    assert "Partition.find 1 255 ring" in hw
+    assert err.count("no flash partition 'ring'") == 1
     got = {s: b["v"] for s, b, _ in telemetry(peer, prefix)}
     assert got["climate"]["t"] == 25.08 and got["light"] == round(1.65 * 30.3, 4)
     assert "Generic ESP32 module with ESP32" in err

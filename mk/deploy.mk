@@ -2,19 +2,22 @@
 # Included by the main Makefile (`include mk/deploy.mk`), which defines VENV and `venv`.
 # Walk-through: docs/flash-and-deploy.md.
 #
+#   make partitions BOARD=<name>
 #   make flash  BOARD=<name> PORT=<serial> FIRMWARE=<micropython .bin> [DRY_RUN=1]
 #   make deploy BOARD=<name> PORT=<serial> [DRY_RUN=1]
 #   make size   [MAX_TOTAL=<bytes>]
 #
 # BOARD names boards/<name>.json. DRY_RUN=1 checks everything and prints the plan and the exact
-# commands without touching a device. FLASH_ARGS / DEPLOY_ARGS / SIZE_ARGS pass extra options
-# (e.g. DEPLOY_ARGS=--force; see `.venv/bin/python tools/deploy.py --help`).
+# commands without touching a device. PARTITIONS_ARGS / FLASH_ARGS / DEPLOY_ARGS / SIZE_ARGS pass
+# extra options (e.g. DEPLOY_ARGS=--force, PARTITIONS_ARGS="--output t.bin"; see
+# `.venv/bin/python tools/deploy.py --help`).
 
 BOARD ?=
 PORT ?=
 FIRMWARE ?=
 DRY_RUN ?=
 MAX_TOTAL ?=
+PARTITIONS_ARGS ?=
 FLASH_ARGS ?=
 DEPLOY_ARGS ?=
 SIZE_ARGS ?=
@@ -24,9 +27,12 @@ DEVICE_DRY_RUN := $(if $(filter-out 0 no false,$(DRY_RUN)),--dry-run)
 
 DEVICE_BOARD_PORT = $(if $(BOARD),--board "$(BOARD)") $(if $(PORT),--port "$(PORT)")
 
-.PHONY: flash deploy size
+.PHONY: partitions flash deploy size
 
-flash: venv ## Flash MicroPython: BOARD=name PORT=/dev/ttyUSB0 FIRMWARE=file.bin [DRY_RUN=1]
+partitions: venv ## The board's partition table (MicroPython's layout + the ring's partition): BOARD=name
+	$(strip $(VENV)/bin/python tools/partitions.py $(if $(BOARD),--board "$(BOARD)") $(PARTITIONS_ARGS))
+
+flash: venv ## Flash MicroPython (+ the board's partition table): BOARD=name PORT=/dev/ttyUSB0 FIRMWARE=file.bin [DRY_RUN=1]
 	$(strip $(VENV)/bin/python tools/flash.py $(DEVICE_BOARD_PORT) \
 		$(if $(FIRMWARE),--firmware "$(FIRMWARE)") $(DEVICE_DRY_RUN) $(FLASH_ARGS))
 

@@ -11,6 +11,12 @@ Then esptool erases the whole flash (the file system too) and writes FILE at the
 `flash.offset`; esptool 5's write-flash verifies the written data by MD5 (the `--verify` flag of
 older versions is gone: verification is always on). The chip and offset come from
 boards/NAME.json, never from this file.
+
+A board file with `ring.partition` gets its own partition table (tools/partitions.py:
+MicroPython's generic layout with the flash ring's raw partition cut from the end of vfs). FILE's
+own table must then be that generic layout; FILE is written in two pieces around the table's
+sector (esptool refuses overlapping files) with the board's table at 0x8000 between them, all in
+one write-flash. The pieces and the table are staged in build/flash/NAME/.
 """
 import argparse
 import hashlib
@@ -23,12 +29,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devtools import ROOT, ToolError, fail, shown_path, venv_python  # noqa: E402
 from devtools.boards import CHIPS, flash_offset, load_board  # noqa: E402
+import partitions  # noqa: E402
 
 IMAGE_MAGIC = 0xE9
 # Where ESP-IDF (and so every MicroPython ESP32 build) puts the partition table in flash; the
 # merged download holds it at this address minus the board's flash offset.
-PARTITION_TABLE = 0x8000
-PARTITION_TABLE_SIZE = 0xC00
+PARTITION_TABLE = partitions.TABLE_OFFSET
+PARTITION_TABLE_SIZE = partitions.TABLE_SIZE
+# A replaced table takes its whole sector: the firmware resumes after it.
+AFTER_TABLE = PARTITION_TABLE + partitions.SECTOR
 DEFAULT_BAUD = 460800
 
 
@@ -95,8 +104,9 @@ def _partitions(data, start, name, offset):
 
 
 def check_image(data, chip, offset, name):
-    """Check a merged MicroPython image for `chip`, to be written at `offset`. Returns report
-    lines; raises ToolError naming the problem."""
+    """Check a merged MicroPython image for `chip`, to be written at `offset`. Returns (report
+    lines, its partition table as (name, type, subtype, offset, size) tuples); raises ToolError
+    naming the problem."""
     if offset >= PARTITION_TABLE:
         raise ToolError("flash.offset 0x%x is not before the partition table at 0x%x: check the "
                         "board file" % (offset, PARTITION_TABLE))
@@ -114,13 +124,54 @@ def check_image(data, chip, offset, name):
                         "download it again" % (name, offset + len(data), apps[0][3]))
     report.append("application   @0x%06x: %s" % (apps[0][3], _load_image(
         data[app_at:], chip, "the application", name)))
-    return report
+    return report, table
 
 
-def commands(chip, port, offset, firmware, baud):
+def board_table(board, firmware_table, name):
+    """(flash size, Partitions, ring settings, binary) of the board's own partition table, or
+    None when the board file asks for no ring partition. The firmware's table must be the
+    generic layout the board's table is derived from. Raises ToolError."""
+    if not partitions.ring_settings(board):
+        return None
+    size, parts, ring, data = partitions.board_table(board)
+    generic = [(p.name, p.type, p.subtype, p.offset, p.size)
+               for p in partitions.generic_layout(size)]
+    if [tuple(p) for p in firmware_table] != generic:
+        raise ToolError(
+            "%s: its partition table (%s) is not MicroPython's generic %s (flash.size \"%s\"), "
+            "which the board's table with the ring partition is made from: use the generic "
+            "firmware for a %s flash, set flash.size to the firmware's, or remove ring.partition "
+            "to keep the firmware's own table" % (
+                name, ", ".join("%s@0x%x" % (p[0], p[3]) for p in firmware_table),
+                partitions.CSV_NAME[size], size, size))
+    return size, parts, ring, data
+
+
+def stage_pieces(data, offset, table, stage_dir):
+    """The image cut around the partition table's sector, and the board's table: three files in
+    stage_dir, returned as [(flash address, path)]."""
+    stage_dir = Path(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    pieces = [(offset, "firmware-until-0x%x.bin" % PARTITION_TABLE,
+               data[:PARTITION_TABLE - offset]),
+              (PARTITION_TABLE, "partition-table.bin", table),
+              (AFTER_TABLE, "firmware-from-0x%x.bin" % AFTER_TABLE, data[AFTER_TABLE - offset:])]
+    out = []
+    for address, filename, content in pieces:
+        path = stage_dir / filename
+        path.write_bytes(content)
+        out.append((address, shown_path(path)))
+    return out
+
+
+def commands(chip, port, offset, firmware, baud, pieces=None):
+    """esptool's command lines: erase, then write `firmware` at `offset`, or with `pieces`
+    ([(address, file)]: the image around the board's partition table) those, in one write."""
     esptool = [venv_python(), "-m", "esptool", "--chip", CHIPS[chip]["esptool"], "--port", port]
-    return [esptool + ["erase-flash"],
-            esptool + ["--baud", str(baud), "write-flash", "0x%x" % offset, firmware]]
+    files = ["0x%x" % offset, firmware]
+    if pieces:
+        files = [arg for address, path in pieces for arg in ("0x%x" % address, path)]
+    return [esptool + ["erase-flash"], esptool + ["--baud", str(baud), "write-flash"] + files]
 
 
 def main(argv=None):
@@ -141,6 +192,9 @@ def main(argv=None):
                         help="where board files live (default: boards/)")
     parser.add_argument("--baud", type=int, default=DEFAULT_BAUD,
                         help="baud rate for writing (default %d)" % DEFAULT_BAUD)
+    parser.add_argument("--build-dir", default=str(ROOT / "build" / "flash"),
+                        help="where the partition table and the image pieces are staged "
+                             "(default: build/flash/)")
     args = parser.parse_args(argv)
 
     try:
@@ -160,7 +214,11 @@ def main(argv=None):
             raise ToolError("no serial port given (PORT=/dev/ttyUSB0; list them with "
                             "`.venv/bin/python -m serial.tools.list_ports`)")
         offset = flash_offset(board)
-        report = check_image(firmware.read_bytes(), chip, offset, shown_path(firmware))
+        data = firmware.read_bytes()
+        report, firmware_table = check_image(data, chip, offset, shown_path(firmware))
+        own = board_table(board, firmware_table, shown_path(firmware))
+    except partitions.PartitionError as e:
+        return fail("flash", "boards/%s.json: %s" % (args.board, e))
     except ToolError as e:
         return fail("flash", e)
 
@@ -170,9 +228,19 @@ def main(argv=None):
           % (shown_path(firmware), firmware.stat().st_size))
     for line in report:
         print("  " + line)
-    cmds = commands(chip, args.port or "PORT", offset, shown_path(firmware), args.baud)
-    print("%s (erases the whole flash, files included; write-flash verifies by MD5):"
-          % ("would run" if args.dry_run else "running"))
+    pieces = None
+    if own:
+        size, parts, ring, table = own
+        pieces = stage_pieces(data, offset, table, Path(args.build_dir) / args.board)
+        print("the board's partition table replaces the firmware's at 0x%x: %s with the ring "
+              "partition %r (%d bytes) cut from the end of vfs (make partitions BOARD=%s):"
+              % (PARTITION_TABLE, partitions.CSV_NAME[size], ring[0], ring[1], args.board))
+        print(partitions.describe(parts, size, ring))
+        print("the image goes in two pieces around the table's sector (staged in %s)"
+              % shown_path(Path(args.build_dir) / args.board))
+    cmds = commands(chip, args.port or "PORT", offset, shown_path(firmware), args.baud, pieces)
+    print("%s (erases the whole flash, files and the ring included; write-flash verifies by "
+          "MD5):" % ("would run" if args.dry_run else "running"))
     for cmd in cmds:
         print("  " + shlex.join(cmd))
     if args.dry_run:
@@ -186,7 +254,8 @@ def main(argv=None):
                   "while it connects if it does not answer)" % (status, args.port),
                   file=sys.stderr)
             return 1
-    print("flashed and verified. Next: make deploy BOARD=%s PORT=%s" % (args.board, args.port))
+    print("flashed and verified. MicroPython formats its file system (vfs) on the first boot. "
+          "Next: make deploy BOARD=%s PORT=%s" % (args.board, args.port))
     return 0
 
 

@@ -15,7 +15,9 @@ For each board file it checks, and prints one line per problem as `<file>: <key>
   - the merged configuration (board file + secrets files: ../secrets.json, boards/secrets.json,
     boards/<name>.secrets.json, later wins) matches the schema;
   - the device's own validator (firmware/validate.py, run here under CPython) agrees; if it
-    does not, that is a bug in one of the two and is reported as such.
+    does not, that is a bug in one of the two and is reported as such;
+  - an ESP32 board with ring.partition gets a partition table (tools/partitions.py): the ring
+    fits in what the vfs of its flash.size can give.
 Exit status: 0 all valid, 1 a problem, 2 usage.
 """
 import argparse
@@ -27,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devtools.boards import RESERVED_IN_SECRETS, deep_merge, secret_keys as leaked_secrets, secrets_paths  # noqa: E402,F401  (one rule for deploy and here)
+from partitions import problems as partition_problems  # noqa: E402  (one rule for flash and here)
 
 ROOT = Path(__file__).resolve().parent.parent
 BOARDS = ROOT / "boards"
@@ -165,6 +168,9 @@ def check(path, use_secrets=True, validator=None):
     if {p for p, _ in dev} != {p for p, _ in found}:
         errors.append("VALIDATOR DISAGREEMENT (a bug; please report): schema says %s, the device says %s"
                       % ([p for p, _ in found] or "valid", [p for p, _ in dev] or "valid"))
+    if not found:  # the layout rules need a well-formed file
+        for p, msg in partition_problems(merged):
+            errors.append("%s: %s" % (p, msg))
     return errors, warnings, merged
 
 
