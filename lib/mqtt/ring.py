@@ -284,19 +284,21 @@ class Ring:
     def state(self, i, old, new):
         if new == _AWAIT_PUBCOMP and old != _AWAIT_PUBCOMP:
             self._state_rec(REL, self.st.pid[i], self.loc[i], 0)
-            # lazy: if lost, the PUBLISH is resent (DUP) instead of the PUBREL and the
-            # broker, still holding it, answers PUBREC again: no duplicate delivery
-            self._changed(True)
+            # durable before the PUBREL goes out: once the broker has the PUBREL it may
+            # complete and forget the message, and a PUBLISH resent after a power cut
+            # would then be a new message - a duplicate [MQTT-4.3.3-1]
+            self._changed()
         # a step back from AWAIT_PUBCOMP is never recorded: once PUBREL is owed the
         # PUBLISH is never sent again [MQTT-4.3.3-1], whatever the session does in RAM
 
     def done(self, i):
         st = self.st
         self._state_rec(DONE, st.pid[i], self.loc[i], 2)
-        # QoS 1: lazy - a power cut before the next sync can only resend an acknowledged
-        # message once more, which QoS 1 allows.  QoS 2: durable, or a resend after a
-        # power cut would be a new (duplicate) message to the broker.
-        self._changed(st.qos[i] == 1)
+        # lazy: it rides on the next sync (which any later record forces first).  Lost
+        # to a power cut, it only repeats a step the broker tolerates: a QoS 1 PUBLISH
+        # once more (QoS 1 allows duplicates), or a PUBREL (REL was durable), which the
+        # broker answers with PUBCOMP even for an id it has forgotten.
+        self._changed(True)
         if st.msg[i] is not None:
             self._cached -= 1
 
