@@ -11,10 +11,10 @@
 # VERSION  expected upstream version of the source package (e.g. 1.25.0).
 # CACHE_DIR holds the private apt state (CACHE_DIR/apt-SUITE) and the downloaded source
 #          package (CACHE_DIR/src), so a rebuild does not download again.
-# BITS     64 (default) or 32. The 32-bit port has no ssl/tls: the "+ds" source has no mbedTLS
-#          to build and Debian's libmbedtls-dev is amd64 only (an i386 one would need a foreign
-#          dpkg architecture). Nor ffi (no i386 libffi either) - the same set the 64-bit port
-#          lacks. It needs gcc-multilib. Frozen: asyncio (micropython/manifest32.py).
+# BITS     64 (default) or 32. The 32-bit port has no ssl/tls, cryptolib, nor hashlib's md5
+#          and sha1: the "+ds" source has no mbedTLS to build, and Debian's i386 one would need
+#          a foreign dpkg architecture. Like the 64-bit port: no ffi, btree or jni. It needs
+#          gcc-multilib (amd64 host). Frozen: asyncio only (micropython/manifest32.py).
 #
 # The source comes through a private apt configuration; /etc/apt is never touched.
 # Environment: MPY_SOURCE_SUITE (default trixie), MPY_JOBS (default 2).
