@@ -1,7 +1,8 @@
 # Fresh-machine toolchain (Debian 12 bookworm / 13 trixie). `make setup`, then `make test`.
 # Every step is cached: a second `make setup` only checks and takes seconds.
 #
-# Recipes see MICROPYTHON (build/bin/micropython, a symlink into the cache) and UMQTT_DIR.
+# Recipes see MICROPYTHON (build/bin/micropython, a symlink into the cache), MICROPYTHON32
+# (build/bin/micropython32, the 32-bit port for memory figures) and UMQTT_DIR.
 # Heavy artefacts live outside the repo in CACHE_DIR (override: make CACHE_DIR=...).
 
 SHELL := /bin/bash
@@ -21,10 +22,21 @@ CODENAME := $(shell . /etc/os-release 2>/dev/null && echo "$$VERSION_CODENAME")
 # Debian codename, the version and a hash of the build inputs (script, manifest, ssl.py), so
 # editing those rebuilds, while a fresh clone (new mtimes) reuses the cached binary.
 MPY_VERSION := 1.25.0
-MPY_INPUTS := tools/setup/build_micropython.sh $(sort $(wildcard tools/setup/micropython/*.py))
+MPY_INPUTS := tools/setup/build_micropython.sh \
+	$(sort $(filter-out %/manifest32.py,$(wildcard tools/setup/micropython/*.py)))
 MPY_HASH := $(shell sha256sum $(MPY_INPUTS) | sha256sum | cut -c1-10)
 MPY_PREFIX := $(CACHE_DIR)/micropython-$(MPY_VERSION)-$(CODENAME)-$(MPY_HASH)
 MPY_CACHED := $(MPY_PREFIX)/bin/micropython
+
+# The same source built 32-bit (gcc -m32, MICROPY_FORCE_32BIT=1; no ssl/tls, no ffi) for
+# ESP32-like heap figures (tools/size.py, tools/bench.py), under its own cache key. About 70 s
+# once on 2 cores, so `make setup` builds it -- on amd64 hosts only (gcc-multilib).
+MPY32_INPUTS := tools/setup/build_micropython.sh tools/setup/micropython/manifest32.py
+MPY32_HASH := $(shell sha256sum $(MPY32_INPUTS) | sha256sum | cut -c1-10)
+MPY32_PREFIX := $(CACHE_DIR)/micropython32-$(MPY_VERSION)-$(CODENAME)-$(MPY32_HASH)
+MPY32_CACHED := $(MPY32_PREFIX)/bin/micropython
+HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
+MPY32_SETUP := $(if $(filter amd64,$(HOST_ARCH)),micropython32)
 
 # The venv stamp is named after requirements.txt's content: it reinstalls when that changes.
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-12)
@@ -33,16 +45,17 @@ VENV_STAMP := $(VENV)/.requirements-$(REQ_HASH).stamp
 UMQTT_FILES := build/umqtt/umqtt/simple.py build/umqtt/ussl.py
 
 export MICROPYTHON := $(CURDIR)/build/bin/micropython
+export MICROPYTHON32 := $(CURDIR)/build/bin/micropython32
 export UMQTT_DIR := $(CURDIR)/build/umqtt
 
-.PHONY: help setup apt venv micropython umqtt mpy test run demo clean distclean
+.PHONY: help setup apt venv micropython micropython32 umqtt mpy test run demo clean distclean
 
 help: ## List the targets
 	@echo "usage: make TARGET   (cache: $(CACHE_DIR))"
-	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | \
-		awk -F':.*## ' '{ printf "  %-12s %s\n", $$1, $$2 }'
+	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | \
+		awk -F':.*## ' '{ printf "  %-14s %s\n", $$1, $$2 }'
 
-setup: apt venv micropython umqtt ## Everything below: apt + venv + micropython + umqtt
+setup: apt venv micropython $(MPY32_SETUP) umqtt ## Everything below: apt + venv + micropython(32) + umqtt
 
 apt: ## Install missing Debian packages (mosquitto, build tools, mbedTLS, python3-venv, openssl)
 	@tools/setup/apt.sh
@@ -68,6 +81,23 @@ micropython: $(MPY_CACHED) ## MicroPython unix port with ssl + asyncio (cached),
 $(MPY_CACHED): | apt
 	@[ -n "$(CODENAME)" ] || { echo "no VERSION_CODENAME in /etc/os-release" >&2; exit 1; }
 	tools/setup/build_micropython.sh "$(MPY_PREFIX)" "$(MPY_VERSION)" "$(CACHE_DIR)"
+
+micropython32: $(MPY32_CACHED) ## 32-bit unix port for memory figures (cached), linked at build/bin/micropython32
+	@mkdir -p build/bin
+	@if [ "$$(readlink build/bin/micropython32)" != "$(MPY32_CACHED)" ]; then \
+		ln -sfn "$(MPY32_CACHED)" build/bin/micropython32; \
+		echo "build/bin/micropython32 -> $(MPY32_CACHED)"; \
+	fi
+
+$(MPY32_CACHED): | apt
+	@[ -n "$(CODENAME)" ] || { echo "no VERSION_CODENAME in /etc/os-release" >&2; exit 1; }
+	@[ "$(HOST_ARCH)" = amd64 ] || { echo "the 32-bit port is built with gcc -m32: needs an amd64 host, not '$(HOST_ARCH)'" >&2; exit 1; }
+	tools/setup/build_micropython.sh "$(MPY32_PREFIX)" "$(MPY_VERSION)" "$(CACHE_DIR)" 32
+
+# `make size` (mk/deploy.mk) also reports heap figures, measured on both unix ports (about a
+# minute; SIZE_HEAP=0 skips them): tools/size.py reads SIZE_HEAP from its environment.
+size: micropython $(MPY32_SETUP)
+size: export SIZE_HEAP ?= 1
 
 umqtt: $(UMQTT_FILES) ## micropython-lib umqtt.simple 1.3.4 (sha256-checked) in build/umqtt
 

@@ -16,7 +16,9 @@ one JSON line; cases are interleaved run by run and the median is reported.
   latency  QoS 1 through a delay proxy (10 ms each way = 20 ms round trip), window 16 vs
            umqtt.simple + TCP_NODELAY, unix port
   memory   heap footprint with 16 QoS 1 in flight, and steady-state bytes allocated per
-           message (unix port, 64-bit: GC blocks are 32 B, an ESP32's are 16 B)
+           message, on the 32-bit unix port (ESP32 word and GC block size; `make
+           micropython32`) and the 64-bit one; heap after import (with and without the
+           flash ring) and the firmware's smallest heap per ESP32 board file (as `make size`)
   size     lib/mqtt compiled with mpy-cross -march=xtensawin, vs umqtt/simple.py
 
 Timed region: from just before the first publish until the last message is acknowledged
@@ -50,6 +52,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIB = os.path.join(ROOT, "lib")
 WORKER = os.path.join(ROOT, "tools", "bench_mp.py")
 MICROPYTHON = os.environ.get("MICROPYTHON") or os.path.join(ROOT, "build", "bin", "micropython")
+# The 32-bit unix port (`make micropython32`): its heap figures stand for an ESP32's.
+MICROPYTHON32 = os.environ.get("MICROPYTHON32") or os.path.join(ROOT, "build", "bin", "micropython32")
 UMQTT_DIR = os.environ.get("UMQTT_DIR") or os.path.join(ROOT, "build", "umqtt")
 HEAP = "128K"
 CHILD_TIMEOUT = 120  # seconds, for any single child process
@@ -84,6 +88,14 @@ def check_setup(sections):
     need_mp = {"unix", "latency", "memory"} & set(sections)
     if need_mp and not os.access(MICROPYTHON, os.X_OK):
         missing.append("MicroPython unix port (%s)" % MICROPYTHON)
+    if "memory" in sections and not os.access(MICROPYTHON32, os.X_OK):
+        log("bench: no 32-bit unix port at %s (make micropython32): memory figures from the "
+            "64-bit port only" % MICROPYTHON32)
+    if "memory" in sections:
+        try:
+            import paho.mqtt  # noqa: F401  (the firmware heap runs watch the broker with it)
+        except ImportError:
+            missing.append("paho-mqtt in this Python (%s)" % sys.executable)
     if ({"unix", "latency"} & set(sections) or "size" in sections) and not os.path.exists(
         os.path.join(UMQTT_DIR, "umqtt", "simple.py")
     ):
@@ -283,8 +295,8 @@ def mp_env(*extra):
     return {"MICROPYPATH": ":".join((".frozen",) + extra)}
 
 
-def mp_cmd(*args):
-    return [MICROPYTHON, "-X", "heapsize=" + HEAP, WORKER] + [str(a) for a in args]
+def mp_cmd(*args, mp=None):
+    return [mp or MICROPYTHON, "-X", "heapsize=" + HEAP, WORKER] + [str(a) for a in args]
 
 
 class Case:
@@ -434,7 +446,9 @@ def compile_lib(dest, march=None):
         if not name.endswith(".py"):
             continue
         mpy = os.path.join(out, name[:-3] + ".mpy")
-        cmd = mc + (["-march=" + march] if march else []) + ["-o", mpy, os.path.join(src, name)]
+        # -s: the source name a device's .mpy carries (as deploy compiles), not a host path
+        cmd = mc + (["-march=" + march] if march else []) + ["-o", mpy, "-s", "mqtt/" + name,
+                                                            os.path.join(src, name)]
         subprocess.run(cmd, check=True, timeout=60, capture_output=True)
         sizes[name] = (os.path.getsize(os.path.join(src, name)), os.path.getsize(mpy))
     return sizes
@@ -450,17 +464,329 @@ def code_size(tmp):
 
 
 def memory(port, tmp, n):
-    """The memory worker twice: importing lib/mqtt from .py source and from .mpy (bytecode)."""
+    """The memory worker on each unix port (32-bit first), importing lib/mqtt from .py source
+    and from .mpy (bytecode). Keys: "py", "mpy" (64-bit), "py32", "mpy32" (32-bit)."""
     res = {}
     compile_lib(os.path.join(tmp, "bytecode"))
-    for kind, path in (("py", LIB), ("mpy", os.path.join(tmp, "bytecode"))):
-        r, err = run_child(mp_cmd("mem", port, n, "bench-mem-%s-%d" % (kind, os.getpid())), mp_env(path))
-        if err:
-            log("  memory (%s): error: %s" % (kind, err))
-            res[kind] = {"error": err}
-        else:
-            res[kind] = r
+    for bits, mp in unix_ports():
+        for kind, path in (("py", LIB), ("mpy", os.path.join(tmp, "bytecode"))):
+            key = kind + ("32" if bits == 32 else "")
+            r, err = run_child(mp_cmd("mem", port, n, "bench-mem-%s-%d" % (key, os.getpid()), mp=mp),
+                               mp_env(path))
+            if err:
+                log("  memory (%s): error: %s" % (key, err))
+                res[key] = {"error": err}
+            else:
+                res[key] = r
     return res
+
+
+# ---- heap figures for the ESP32 (also used by tools/size.py) -----------------------------------
+
+
+def unix_ports():
+    """[(bits, path)] of the unix ports that are built: the 32-bit one (ESP32-like) first."""
+    return [(bits, path) for bits, path in ((32, MICROPYTHON32), (64, MICROPYTHON))
+            if os.access(path, os.X_OK)]
+
+
+def lib_heap(mp, port, tmp):
+    """The `heap` worker on one port, lib/mqtt as bytecode .mpy: the RAM store, then the flash
+    ring. {"ram": {...}, "ring": {...}} (bytes; an entry is {"error": ...} on failure)."""
+    tree = os.path.join(tmp, "heap-lib")
+    if not os.path.isdir(os.path.join(tree, "mqtt")):
+        compile_lib(tree)
+    res = {}
+    for kind in ("ram", "ring"):
+        args = ["heap", port, 0, "bench-heap-%s-%d" % (kind, os.getpid())]
+        if kind == "ring":
+            ring = os.path.join(tmp, "heap-ring.bin")
+            if os.path.exists(ring):
+                os.remove(ring)
+            args.append("store=" + ring)
+        r, err = run_child(mp_cmd(*args, mp=mp), mp_env(tree))
+        res[kind] = {"error": err} if err else r
+    return res
+
+
+def esp32_boards():
+    """The board files of real ESP32s (boards/*.json whose chip is not "unix")."""
+    out = []
+    bdir = os.path.join(ROOT, "boards")
+    for name in sorted(os.listdir(bdir)):
+        if not name.endswith(".json") or name == "schema.json":
+            continue
+        with open(os.path.join(bdir, name)) as f:
+            cfg = json.load(f)
+        if cfg.get("chip") != "unix":
+            out.append(name)
+    return out
+
+
+def firmware_tree(dest):
+    """lib/mqtt and firmware/ as bytecode .mpy (main.py and boot.py as source), laid out as
+    deploy puts them on a device."""
+    compile_lib(dest)
+    mc = find_mpy_cross()
+    src = os.path.join(ROOT, "firmware")
+    for name in sorted(os.listdir(src)):
+        if not name.endswith(".py"):
+            continue
+        if name in ("main.py", "boot.py"):
+            shutil.copy(os.path.join(src, name), os.path.join(dest, name))
+        else:
+            subprocess.run(mc + ["-o", os.path.join(dest, name[:-3] + ".mpy"), "-s", name,
+                                 os.path.join(src, name)], check=True, timeout=60, capture_output=True)
+    return dest
+
+
+class _Watcher:
+    """A paho-mqtt subscriber to '#' on our broker: counts each device's messages by topic."""
+
+    def __init__(self, port):
+        import paho.mqtt.client as paho
+
+        self.cond = threading.Condition()
+        self.topics = []
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+        ready = threading.Event()
+        self.c.on_subscribe = lambda *a: ready.set()
+        self.c.on_connect = lambda c, *a: c.subscribe("#", 1)
+        self.c.on_message = self._on_message
+        self.c.connect("127.0.0.1", port, keepalive=30)
+        self.c.loop_start()
+        if not ready.wait(10):
+            self.close()
+            raise RuntimeError("watcher: no SUBACK from the broker")
+
+    def _on_message(self, client, userdata, m):
+        with self.cond:
+            self.topics.append((m.topic, m.payload))
+            self.cond.notify_all()
+
+    def of(self, uid):
+        """[(topic tail after '/uid/', payload)] of one device."""
+        key = "/%s/" % uid
+        with self.cond:
+            return [(t.split(key, 1)[1], p) for t, p in self.topics if key in t]
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+_fw_runs = [0]
+
+
+def firmware_run(mp, heap, board, cfg, port, tree, tmp, watcher, timeout=10.0):
+    """One boot of the firmware on a port with a `heap`-byte heap. Success: every sensor
+    published telemetry twice without an error (once on a deep-sleep board, which must then go
+    to sleep: exit 75), and two health reports arrived; no MemoryError anywhere.
+    Returns (ok, why, [heap_free of each health report])."""
+    _fw_runs[0] += 1
+    uid = "heap%d-%d" % (os.getpid(), _fw_runs[0])
+    work = tempfile.mkdtemp(prefix="fw-", dir=tmp)
+    argv = [mp, "-X", "heapsize=%d" % heap, os.path.join(tree, "main.py"), "--board", board,
+            "--broker", "127.0.0.1", "--port", str(port), "--ring", os.path.join(work, "ring.bin"),
+            "--uid", uid, "--period", "0.2", "--set", "health.period_s=1"]
+    env = dict(os.environ, MICROPYPATH=".frozen:" + tree)
+    deep = cfg.get("power", {}).get("mode") == "deep-sleep"
+    sensors = {name: s.get("topic", name) for name, s in cfg["sensors"].items()}
+    need = 1 if deep else 2
+    with open(os.path.join(work, "out.log"), "w+b") as logf:
+        p = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=logf,
+                             stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        why = None
+        exited = None
+        try:
+            while True:
+                got = watcher.of(uid)
+                rc = p.poll()
+                if rc is not None and exited is None:
+                    exited = time.monotonic()
+                health = [b for t, b in got if t == "health"]
+                bad = [b for t, b in got if t in sensors.values() and b"err" in b]
+                done = all(sum(1 for t, _ in got if t == topic) >= need for topic in sensors.values())
+                if bad:
+                    why = "sensor error: %s" % bad[0][:120].decode(errors="replace")
+                    break
+                if done and len(health) >= (1 if deep else 2) and (not deep or rc == 75):
+                    break
+                if rc is not None and not (deep and rc == 75):
+                    why = "exit %d" % rc
+                    break
+                if exited is not None and time.monotonic() > exited + 1.0:
+                    why = "went to sleep before publishing everything"
+                    break
+                if time.monotonic() > deadline:
+                    why = "timed out after %.0f s" % timeout
+                    break
+                time.sleep(0.05)
+        finally:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+        logf.seek(0)
+        text = logf.read().decode(errors="replace")
+    shutil.rmtree(work, ignore_errors=True)
+    if why is None and "MemoryError" in text:
+        why = "MemoryError in its log"
+    frees = []
+    for t, b in watcher.of(uid):
+        if t == "health":
+            try:
+                frees.append(json.loads(b)["heap_free"])
+            except (ValueError, KeyError):
+                pass
+    return why is None, why, frees
+
+
+def heap_total(mp, heap):
+    """gc.mem_free() + gc.mem_alloc() of a port started with -X heapsize=heap."""
+    p = subprocess.run([mp, "-X", "heapsize=%d" % heap, "-c",
+                        "import gc; print(gc.mem_free() + gc.mem_alloc())"],
+                       capture_output=True, timeout=30, check=True)
+    return int(p.stdout)
+
+
+def firmware_heap(mp, board_name, port, tree, tmp, watcher, step=1024, hi=128 * 1024):
+    """The smallest -X heapsize (in `step`s) in which the firmware with this board file does its
+    work (firmware_run), by bisection, and its live heap (after gc.collect(), from its health
+    reports: heap total - least heap_free) in that run. TLS is taken out of the board file:
+    this port may have no ssl, and on an ESP32 mbedTLS allocates outside the MicroPython heap."""
+    with open(os.path.join(ROOT, "boards", board_name)) as f:
+        cfg = json.load(f)
+    tls = "tls" in cfg.get("mqtt", {})
+    if tls:
+        del cfg["mqtt"]["tls"]
+        cfg["mqtt"]["port"] = 1883
+    board = os.path.join(tmp, "heap-" + board_name)
+    with open(board, "w") as f:
+        json.dump(cfg, f)
+    runs = 0
+    ok, why, frees = firmware_run(mp, hi, board, cfg, port, tree, tmp, watcher)
+    runs += 1
+    while not ok:
+        if hi >= 1024 * 1024:
+            return {"error": "fails even with a %d K heap: %s" % (hi // 1024, why), "runs": runs}
+        hi *= 2
+        ok, why, frees = firmware_run(mp, hi, board, cfg, port, tree, tmp, watcher)
+        runs += 1
+    best = (hi, frees)
+    lo = 8 * 1024  # assumed to fail (the interpreter alone needs more)
+    while hi - lo > step:
+        mid = (lo + hi) // 2 // step * step
+        ok, why, frees = firmware_run(mp, mid, board, cfg, port, tree, tmp, watcher)
+        runs += 1
+        if ok:
+            hi = mid
+            best = (mid, frees)
+        else:
+            lo = mid
+    heap, frees = best
+    res = {"min_heap": heap, "runs": runs, "tls_removed": tls}
+    if frees:
+        res["live"] = heap_total(mp, heap) - min(frees)
+    return res
+
+
+def heap_figures(port, tmp, firmware=True):
+    """lib_heap and (with firmware) firmware_heap for every ESP32 board file, on each unix port:
+    {bits: {"lib": ..., "firmware": {board: ...}}}."""
+    res = {}
+    ports = unix_ports()
+    tree = None
+    watcher = None
+    try:
+        for bits, mp in ports:
+            log("heap, %d-bit port: the library" % bits)
+            res[bits] = {"lib": lib_heap(mp, port, tmp)}
+            if not firmware:
+                continue
+            if tree is None:
+                tree = firmware_tree(os.path.join(tmp, "heap-firmware"))
+                watcher = _Watcher(port)
+            res[bits]["firmware"] = fw = {}
+            for board in esp32_boards():
+                t = time.monotonic()
+                fw[board] = firmware_heap(mp, board, port, tree, tmp, watcher)
+                log("heap, %d-bit port: firmware with %s: %s (%.0f s)" % (
+                    bits, board, fw[board], time.monotonic() - t))
+    finally:
+        if watcher:
+            watcher.close()
+    return res
+
+
+LIB_HEAP_TARGET = 16384  # issue 10: the library without the ring, after import, 32-bit port
+
+
+def heap_table(figs):
+    """Markdown lines for heap_figures(): one column per port, the 32-bit one first."""
+    bits = sorted(figs)
+    L = []
+    w = L.append
+
+    def kb(v):
+        return "{:,}".format(v)
+
+    def cell(b, kind, key):
+        r = figs[b]["lib"].get(kind, {})
+        return "error" if "error" in r or key not in r else kb(r[key])
+
+    head = " | ".join("%d-bit port" % b for b in bits)
+    w("| Heap, bytes (`gc.mem_alloc()` deltas; lib/mqtt as bytecode .mpy) | %s |" % head)
+    w("| --- |" + " ---: |" * len(bits))
+    for label, kind, key in (
+            ("library imported (`from mqtt import MQTTClient`)", "ram", "import"),
+            ("library + flash ring imported (`store=path`)", "ring", "import"),
+            ("connected, 16 QoS 1 in flight, RAM store: live after `gc.collect()`", "ram", "footprint"),
+            ("  peak bound (no GC from import to the 16th publish)", "ram", "peak_bound"),
+            ("connected, 16 QoS 1 in flight, flash ring: live after `gc.collect()`", "ring", "footprint"),
+            ("  peak bound (no GC from import to the 16th publish)", "ring", "peak_bound")):
+        w("| %s | %s |" % (label, " | ".join(cell(b, kind, key) for b in bits)))
+    boards = sorted({n for b in bits for n in figs[b].get("firmware", {})})
+    if boards:
+        w("")
+        w("| Firmware, host profile (smallest `-X heapsize` it works in / live heap there) | %s |" % head)
+        w("| --- |" + " ---: |" * len(bits))
+        for n in boards:
+            cells = []
+            for b in bits:
+                r = figs[b].get("firmware", {}).get(n)
+                if r is None or "error" in r:
+                    cells.append("error" if r else "—")
+                else:
+                    cells.append("%s / %s" % (kb(r["min_heap"]), kb(r["live"]) if "live" in r else "?"))
+            tls = any(figs[b].get("firmware", {}).get(n, {}).get("tls_removed") for b in bits)
+            w("| %s%s | %s |" % (n[:-5], " (TLS off)" if tls else "", " | ".join(cells)))
+    return L
+
+
+def heap_notes(figs):
+    """What the heap tables measure, and the issue's target for the 32-bit port."""
+    L = ["Library: `tools/bench_mp.py heap` in a fresh process (`-X heapsize=128K`) for the RAM "
+         "store and another for the flash ring (its defaults: 32 KB file, 64 messages); the 16 "
+         "PUBACKs are left unread, as in the middle of a burst.",
+         "Firmware: `firmware/main.py` with each ESP32 board file in the host profile (the host "
+         "board layer and simulated sensors, which an ESP32 replaces by esp32board.py and its "
+         "drivers), `--period 0.2`, health every second; it works when every sensor published "
+         "twice (a deep-sleep board: once, then sleeps) and two health reports came, with no "
+         "MemoryError. Bisected in 1 KB steps; live = heap total − least `heap_free` reported. "
+         "TLS is taken out of the board file: the 32-bit port has no `ssl`, and on an ESP32 "
+         "mbedTLS allocates from the IDF heap, outside MicroPython's."]
+    r = figs.get(32, {}).get("lib", {}).get("ram", {})
+    if "import" in r:
+        over = r["import"] - LIB_HEAP_TARGET
+        L.append("Library heap after import on the 32-bit port: %s bytes (target ≤ %s: %s)." % (
+            "{:,}".format(r["import"]), "{:,}".format(LIB_HEAP_TARGET),
+            "met" if over <= 0 else "over by {:,}".format(over)))
+    return L
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -525,13 +851,15 @@ def machine_facts():
         "cpython": platform.python_version(),
         "micropython": cmd([MICROPYTHON, "-c", "import sys; print(sys.version.split('; ')[-1])"])
         if os.path.exists(MICROPYTHON) else "not found",
+        "micropython32": cmd([MICROPYTHON32, "-c", "import sys; print(sys.version.split('; ')[-1])"])
+        + " (32-bit)" if os.path.exists(MICROPYTHON32) else "not found",
         "mosquitto": cmd(["mosquitto", "-h"]),
         "paho_mqtt": paho,
         "mpy_cross": cmd(mc + ["--version"]) if mc else "not found",
     }
 
 
-def report(facts, args, cases, lat, mem, size):
+def report(facts, args, cases, lat, mem, size, heap=None):
     L = []
     w = L.append
     w("## Benchmark (`tools/bench.py%s`)" % (" --quick" if args.quick else ""))
@@ -539,9 +867,10 @@ def report(facts, args, cases, lat, mem, size):
         w("")
         w("Library under test: `%s`." % LIB)
     w("")
-    w("Machine: %s, %s, nproc %s; CPython %s; %s; %s; paho-mqtt %s; %s." % (
+    w("Machine: %s, %s, nproc %s; CPython %s; %s; %s; %s; paho-mqtt %s; %s." % (
         facts["os"], facts["cpu"], facts["nproc"], facts["cpython"], facts["micropython"],
-        facts["mosquitto"], facts["paho_mqtt"], facts["mpy_cross"]))
+        facts.get("micropython32", "no 32-bit port"), facts["mosquitto"], facts["paho_mqtt"],
+        facts["mpy_cross"]))
     w("")
     hdr = ["| Case | ours msg/s | baseline | baseline msg/s | ratio | target | met |",
            "| --- | ---: | --- | ---: | ---: | ---: | --- |"]
@@ -591,13 +920,16 @@ def report(facts, args, cases, lat, mem, size):
                               "lat-ours-q1", "lat-umqtt-q1-nodelay", "umqtt.simple QoS 1 + TCP_NODELAY", 10)]
         w("")
     if mem:
-        w("Memory, unix port (`-X heapsize=%s`), `gc.mem_alloc()` deltas: footprint = after "
-          "`gc.collect()` with the client connected and 16 QoS 1 in flight, minus the figure "
-          "before `import mqtt`; lib/mqtt imported from its .py sources or from bytecode .mpy "
-          "(mpy-cross, no -march)." % HEAP)
+        keys = [k for k in ("py32", "mpy32", "py", "mpy") if k in mem]
+        names = {"py32": "32-bit, import .py", "mpy32": "32-bit, import .mpy",
+                 "py": "64-bit, import .py", "mpy": "64-bit, import .mpy"}
+        w("Memory, unix ports (`-X heapsize=%s`; the 32-bit one stands for an ESP32), "
+          "`gc.mem_alloc()` deltas: footprint = after `gc.collect()` with the client connected "
+          "and 16 QoS 1 in flight, minus the figure before `import mqtt`; lib/mqtt imported from "
+          "its .py sources or from bytecode .mpy (mpy-cross, no -march)." % HEAP)
         w("")
-        w("| Measure | import .py | import .mpy | target |")
-        w("| --- | ---: | ---: | --- |")
+        w("| Measure | %s | target |" % " | ".join(names[k] for k in keys))
+        w("| --- |" + " ---: |" * len(keys) + " --- |")
 
         def g(kind, key, div=1):
             r = mem.get(kind, {})
@@ -606,7 +938,7 @@ def report(facts, args, cases, lat, mem, size):
             v = r[key] / div
             return "{:,.0f}".format(v) if div == 1 else "{:,.1f}".format(v)
 
-        n = mem.get("py", {}).get("n") or mem.get("mpy", {}).get("n") or 1
+        n = next((mem[k]["n"] for k in keys if "n" in mem[k]), 1)
         rows = [
             ("code: the imported modules (bytecode, qstrs, classes)", "code", 1, ""),
             ("client state: connected, 16 QoS 1 in flight (freed by dropping it)", "state", 1, ""),
@@ -621,15 +953,21 @@ def report(facts, args, cases, lat, mem, size):
             ("B/msg, QoS 1 loopback (publish + receive + acks)", "rx1", n, ""),
         ]
         for label, key, div, target in rows:
-            w("| %s | %s | %s | %s |" % (label, g("py", key, div), g("mpy", key, div), target))
+            w("| %s | %s | %s |" % (label, " | ".join(g(k, key, div) for k in keys), target))
         w("")
         w("Peak bound = code + everything allocated from import to the 16th publish with the GC "
-          "disabled. Unix port objects are 64-bit (GC blocks of 32 B); an ESP32's are 32-bit "
-          "(16 B blocks), most objects about half the size.")
+          "disabled. Objects on the 64-bit port are up to twice their ESP32 size (GC blocks of "
+          "32 B vs 16 B); the 32-bit port has the ESP32's word size and block size.")
         w("")
         w("Per-message figures: %d messages after a warm-up, GC disabled within chunks of 100 (QoS 0) "
           "or windows of 16 (QoS 1/2, publish then `flush()`)." % n)
         w("")
+    if heap:
+        L += heap_table(heap)
+        w("")
+        for note in heap_notes(heap):
+            w(note)
+            w("")
     if size:
         w("Code size, `mpy-cross -march=xtensawin` (%s):" % facts["mpy_cross"])
         w("")
@@ -698,7 +1036,7 @@ def main():
     t_start = time.monotonic()
     facts = machine_facts()
     log("bench: %s" % json.dumps(facts))
-    cases, lat, mem, size = {}, {}, {}, {}
+    cases, lat, mem, size, heap = {}, {}, {}, {}, {}
     try:
         port = None
         if set(sections) - {"size"}:
@@ -717,12 +1055,13 @@ def main():
         if "memory" in sections:
             log("memory")
             mem = memory(port, tmp, 1000)
+            heap = heap_figures(port, tmp)
         if "size" in sections:
             log("code size")
             size = code_size(tmp)
     finally:
         _cleanup()
-    text = report(facts, args, cases, lat, mem, size)
+    text = report(facts, args, cases, lat, mem, size, heap)
     print(text)
     if args.json:
         doc = {
@@ -734,6 +1073,7 @@ def main():
                                "errors": c.errors}
                            for d in (cases, lat) for k, c in d.items()},
             "memory": mem,
+            "heap": heap,
             "size": size,
         }
         s = json.dumps(doc, indent=2)
@@ -745,6 +1085,8 @@ def main():
     log("bench: done in %.0f s" % (time.monotonic() - t_start))
     failed = any(c.errors and not c.runs for d in (cases, lat) for c in d.values())
     failed = failed or any("error" in r for r in mem.values())
+    failed = failed or any("error" in r for b in heap.values() for r in
+                           list(b["lib"].values()) + list(b.get("firmware", {}).values()))
     return 1 if failed else 0
 
 

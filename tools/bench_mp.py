@@ -8,6 +8,8 @@
 # CASE: ours0 ours1 ours2      our client, QoS 0/1/2, window 16 (option store=PATH)
 #       umqtt0 umqtt1          umqtt.simple as shipped (option nodelay=1, cap_s=S)
 #       mem                    heap footprint and per-message allocation of ours
+#       heap                   heap after import, and with 16 QoS 1 in flight (option
+#                              store=PATH: the flash ring; N is ignored)
 #
 # Timed region: from just before the first publish until the last message is
 # acknowledged (QoS 1/2: flush() for ours, umqtt's QoS 1 publish already waits
@@ -235,6 +237,35 @@ def mem(port, n, cid, o):
     out(**r)
 
 
+def heap(port, cid, o):
+    """The heap figures `make size` reports (tools/size.py, tools/bench.py): what importing the
+    library takes, with the flash ring too when store=PATH, and what a connected client with 16
+    QoS 1 messages in flight adds (acks left unread, as on a device in the middle of a burst)."""
+    store = o.get("store") or None
+    r = {"bits": 32 if sys.maxsize == 0x7FFFFFFF else 64}
+    gc.collect()
+    r["heap_total"] = gc.mem_alloc() + gc.mem_free()
+    base = gc.mem_alloc()
+    from mqtt import MQTTClient
+
+    if store:
+        import mqtt.ring  # noqa: F401  (what MQTTClient(store=path) imports)
+    gc.collect()
+    r["import"] = gc.mem_alloc() - base
+    gc.disable()  # nothing freed from here: mem_alloc only grows (an upper bound of the peak)
+    c = MQTTClient(cid, "127.0.0.1", port, window=16, store=store, timeout_ms=30000)
+    c.connect()
+    for _ in range(16):
+        c.publish(TOPIC, PAYLOAD, False, 1)
+    r["inflight"] = c.in_flight()
+    r["peak_bound"] = gc.mem_alloc() - base
+    gc.enable()
+    gc.collect()
+    r["footprint"] = gc.mem_alloc() - base  # live: code + connected client + 16 in flight
+    c.disconnect()
+    out(**r)
+
+
 def main():
     case, port, n, cid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     o = opts(sys.argv[5:])
@@ -244,6 +275,8 @@ def main():
         umqtt(int(case[5:]), port, n, cid, o)
     elif case == "mem":
         mem(port, n, cid, o)
+    elif case == "heap":
+        heap(port, cid, o)
     else:
         raise SystemExit("unknown case " + case)
 

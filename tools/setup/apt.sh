@@ -16,6 +16,10 @@ else
         python3-venv                         # .venv for the host tools
         openssl ca-certificates              # test certificates; HTTPS for fetch_umqtt.py
     )
+    # the 32-bit MicroPython unix port (gcc -m32; `make micropython32`) needs an amd64 host
+    if [ "$(dpkg --print-architecture 2>/dev/null)" = amd64 ]; then
+        packages+=(gcc-multilib)
+    fi
 fi
 
 command -v dpkg-query >/dev/null 2>&1 || { echo "apt: dpkg-query not found: this setup needs Debian 12 or 13" >&2; exit 1; }

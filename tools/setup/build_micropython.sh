@@ -1,31 +1,42 @@
 #!/usr/bin/env bash
-# Build the MicroPython unix port (with frozen ssl + asyncio, static mbedTLS) from Debian 13's
-# `micropython` source package, into PREFIX/bin/micropython.
+# Build the MicroPython unix port from Debian 13's `micropython` source package, into
+# PREFIX/bin/micropython: the 64-bit port (frozen ssl + asyncio, static mbedTLS), or with
+# BITS=32 a 32-bit one (MICROPY_FORCE_32BIT=1, gcc -m32) for ESP32-like memory figures.
 #
-#   usage: tools/setup/build_micropython.sh PREFIX VERSION CACHE_DIR
+#   usage: tools/setup/build_micropython.sh PREFIX VERSION CACHE_DIR [BITS]
 #
-# PREFIX   final install directory (normally CACHE_DIR/micropython-VERSION-CODENAME-HASH);
+# PREFIX   final install directory (normally CACHE_DIR/micropython[32]-VERSION-CODENAME-HASH);
 #          built in a temporary directory and renamed into place only when complete, so an
 #          interrupted build never leaves a PREFIX that looks finished.
 # VERSION  expected upstream version of the source package (e.g. 1.25.0).
 # CACHE_DIR holds the private apt state (CACHE_DIR/apt-SUITE) and the downloaded source
 #          package (CACHE_DIR/src), so a rebuild does not download again.
+# BITS     64 (default) or 32. The 32-bit port has no ssl/tls, cryptolib, nor hashlib's md5
+#          and sha1: the "+ds" source has no mbedTLS to build, and Debian's i386 one would need
+#          a foreign dpkg architecture. Like the 64-bit port: no ffi, btree or jni. It needs
+#          gcc-multilib (amd64 host). Frozen: asyncio only (micropython/manifest32.py).
 #
 # The source comes through a private apt configuration; /etc/apt is never touched.
 # Environment: MPY_SOURCE_SUITE (default trixie), MPY_JOBS (default 2).
 set -euo pipefail
 
-if [ "$#" -ne 3 ]; then
-    echo "usage: $0 PREFIX VERSION CACHE_DIR" >&2
+if [ "$#" -lt 3 ] || [ "$#" -gt 4 ]; then
+    echo "usage: $0 PREFIX VERSION CACHE_DIR [BITS]" >&2
     exit 2
 fi
 prefix=$1
 version=$2
 cache_dir=$3
+bits=${4:-64}
+case "$bits" in 32|64) ;; *) echo "build_micropython: BITS must be 32 or 64, not '$bits'" >&2; exit 2;; esac
 suite=${MPY_SOURCE_SUITE:-trixie}
 jobs=${MPY_JOBS:-2}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-manifest=$here/micropython/manifest.py
+if [ "$bits" = 32 ]; then
+    manifest=$here/micropython/manifest32.py
+else
+    manifest=$here/micropython/manifest.py
+fi
 
 log() { echo "build_micropython: $*"; }
 die() { echo "build_micropython: error: $*" >&2; exit 1; }
@@ -38,7 +49,13 @@ fi
 for tool in gcc make pkg-config python3 apt-get dpkg-source flock; do
     command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found (run 'make apt' first)"
 done
-[ -f /usr/include/mbedtls/ssl.h ] || die "mbedTLS headers not found (run 'make apt' first)"
+if [ "$bits" = 32 ]; then
+    # gcc-multilib: a 32-bit libc to link against (libc6-dev-i386, lib32gcc)
+    [ -f /usr/include/x86_64-linux-gnu/gnu/stubs-32.h ] \
+        || die "no 32-bit libc headers (gcc-multilib on an amd64 host: run 'make apt' first)"
+else
+    [ -f /usr/include/mbedtls/ssl.h ] || die "mbedTLS headers not found (run 'make apt' first)"
+fi
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 [ -f "$keyring" ] || die "$keyring not found (run 'make apt' first)"
 
@@ -108,23 +125,40 @@ make -C "$top/mpy-cross" -j"$jobs" >"$work/mpy-cross.log" 2>&1 || {
 
 # The "+ds" source has no lib/{micropython-lib,axtls,berkeley-db-1.xx,libffi,mbedtls}: turn
 # those features off and link Debian's mbedTLS statically (the binary then needs only libc).
-log "building ports/unix (make -j$jobs)"
-make -C "$top/ports/unix" -j"$jobs" \
-    MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 MICROPY_PY_JNI=0 \
-    MICROPY_SSL_AXTLS=0 MICROPY_SSL_MBEDTLS=1 \
-    FROZEN_MANIFEST="$manifest" \
-    LDFLAGS_EXTMOD="-l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a" \
+if [ "$bits" = 32 ]; then
+    # -m32 via MICROPY_FORCE_32BIT; no TLS at all (see BITS above). As Debian's i386 build
+    # does: no native _Float16 (gcc wants -msse2 for it on i386).
+    port_args=(
+        MICROPY_FORCE_32BIT=1
+        MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 MICROPY_PY_JNI=0
+        MICROPY_PY_SSL=0 MICROPY_SSL_AXTLS=0 MICROPY_SSL_MBEDTLS=0
+        CFLAGS_EXTRA=-DMICROPY_FLOAT_USE_NATIVE_FLT16=0
+    )
+else
+    port_args=(
+        MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 MICROPY_PY_JNI=0
+        MICROPY_SSL_AXTLS=0 MICROPY_SSL_MBEDTLS=1
+        LDFLAGS_EXTMOD="-l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a"
+    )
+fi
+log "building ports/unix, $bits-bit (make -j$jobs)"
+make -C "$top/ports/unix" -j"$jobs" "${port_args[@]}" FROZEN_MANIFEST="$manifest" \
     >"$work/unix.log" 2>&1 || { tail -n 40 "$work/unix.log" >&2; die "ports/unix build failed"; }
 
 binary=$top/ports/unix/build-standard/micropython
 [ -x "$binary" ] || die "no binary at $binary"
 
 # --- 3. check the result ----------------------------------------------------------------
-if ldd "$binary" | grep -i mbed >&2; then
-    die "binary links mbedTLS dynamically"
+if [ "$bits" = 32 ]; then
+    "$binary" -c "import sys, asyncio, socket, select, json, hashlib; assert sys.maxsize == 2**31 - 1, sys.maxsize" \
+        || die "built binary fails the import / 32-bit check"
+else
+    if ldd "$binary" | grep -i mbed >&2; then
+        die "binary links mbedTLS dynamically"
+    fi
+    "$binary" -c "import ssl, tls, asyncio, socket, select, json, hashlib; ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)" \
+        || die "built binary fails the import check"
 fi
-"$binary" -c "import ssl, tls, asyncio, socket, select, json, hashlib; ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)" \
-    || die "built binary fails the import check"
 
 # --- 4. install atomically --------------------------------------------------------------
 stage=$work/prefix
@@ -134,7 +168,11 @@ cp "$binary" "$stage/bin/micropython"
     echo "micropython $("$binary" -c 'import sys; print(sys.version)')"
     echo "source: $(basename "$dsc") (Debian $suite)"
     echo "built on: $(. /etc/os-release && echo "$PRETTY_NAME"), $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "mbedTLS: $("$binary" -c 'import tls; print(tls.MBEDTLS_VERSION)')"
+    if [ "$bits" = 32 ]; then
+        echo "32-bit (MICROPY_FORCE_32BIT=1): sys.maxsize $("$binary" -c 'import sys; print(sys.maxsize)'); no ssl/tls, no ffi"
+    else
+        echo "mbedTLS: $("$binary" -c 'import tls; print(tls.MBEDTLS_VERSION)')"
+    fi
 } > "$stage/BUILDINFO"
 mkdir -p "$(dirname "$prefix")"
 mv -T "$stage" "$prefix"
