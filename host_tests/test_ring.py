@@ -341,3 +341,175 @@ def test_mqttc_store_resumes_without_c_as_new_publications(rt, tmp_path, make_br
     time.sleep(0.3)
     assert sorted(m[1] for m in sub.messages) == [b"kept 0", b"kept 1", b"kept 2"]  # QoS 1 and 2 interleave
     assert RingStore(store).count == 0
+
+
+GEOMETRY = """
+import sys
+from mqtt.ring import RingStore, RingError
+from mqtt.ringfmt import SECTOR
+path = sys.argv[1]
+st = RingStore(path, 16 * SECTOR, capacity=64)
+for k in range(30):
+    st.add(st.next_pid(), 1 + k % 2, False, b"geo/t", b"m%02d" % k + b"x" * 1500)
+st.close()
+# reopened with a quarter of the size and half the capacity: nothing is dropped
+st = RingStore(path, 4 * SECTOR, capacity=16)
+got = [bytes(m[5][:3]) for m in st.outbox()]
+assert got == [b"m%02d" % k for k in range(30)], got
+assert st.journal.nsec == 16 and st.capacity >= 30, (st.journal.nsec, st.capacity)
+print("NOTES", st.journal.reasons)
+# the outbox: drop one by its order, the rest stay in order
+orders = [m[0] for m in st.outbox()]
+assert st.discard(orders[3]) and not st.discard(99999)
+st.close()
+st = RingStore(path, 4 * SECTOR, capacity=16)
+got = [bytes(m[5][:3]) for m in st.outbox()]
+assert got == [b"m%02d" % k for k in range(30) if k != 3], got
+st.close()
+# a sector written by another format version is refused, naming it, and left untouched
+data = bytearray(open(path, "rb").read())
+import struct
+from binascii import crc32
+h = struct.pack("<4sIII", b"RQ\\x03\\xa5", 1, 0, 1)
+data[5 * SECTOR:5 * SECTOR + 20] = h + struct.pack("<I", crc32(h))
+open(path, "wb").write(data)
+try:
+    RingStore(path, 16 * SECTOR)
+    raise AssertionError("no RingError")
+except RingError as e:
+    assert "format version 3" in str(e), e
+    print("REFUSED", e)
+assert open(path, "rb").read() == data
+print("OK")
+"""
+
+
+def test_ring_never_shrinks_refuses_other_versions_and_drops_by_order(rt, tmp_path):
+    """Reopening a ring with a smaller ring_size or capacity keeps every pending message
+    (the ring keeps its size, the index grows); outbox()/discard() list and drop by
+    acceptance order; a sector of another format version raises RingError naming it."""
+    rt.heap = "1M"
+    out = ok(rt.run(GEOMETRY, args=[tmp_path / "geo.ring"]))
+    assert "OK" in out and "REFUSED" in out, out
+
+
+def _partition_image(tmp_path):
+    """A ring as the device leaves it on its partition, dumped whole-flash by esptool:
+    the ring on a RamFlash at the ring partition's offset of a 4 MB flash image with the
+    partition table the devkitc board gets."""
+    sys.path.insert(0, str(ROOT / "lib"))
+    sys.path.insert(0, str(ROOT / "tools"))
+    import json
+    import partitions
+    from ringdump import RamFlash
+    from mqtt.ring import RingStore
+    board = json.loads((ROOT / "boards" / "esp32-devkitc.json").read_text())
+    _, parts, _, table = partitions.board_table(board)
+    ring = [p for p in parts if p.name == "ring"][0]
+    dev = RamFlash(bytearray(b"\xff" * ring.size))
+    st = RingStore(dev, capacity=64)
+    for k in range(12):
+        i = st.add(st.next_pid(), 2, False, b"part/t", b"p%02d" % k)
+        if k < 4:
+            st.remove(i)
+        elif k < 6:
+            from mqtt.store import AWAIT_PUBCOMP
+            st.set_state(i, AWAIT_PUBCOMP)
+    st.close()
+    flash = bytearray(b"\xff" * (4 << 20))
+    flash[0x8000:0x8000 + len(table)] = table
+    flash[ring.offset:ring.offset + ring.size] = dev.data
+    whole = tmp_path / "flash.bin"
+    whole.write_bytes(flash)
+    img = tmp_path / "ring.img"
+    img.write_bytes(bytes(dev.data))
+    return whole, img, ring
+
+
+def test_ringdump_reads_partition_images_and_flash_dumps_and_drops(tmp_path):
+    whole, img, ring = _partition_image(tmp_path)
+    tool = [sys.executable, str(ROOT / "tools" / "ringdump.py")]
+    for target in (whole, img):
+        r = subprocess.run(tool + [str(target)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert "messages owed (8)" in r.stdout and r.stdout.count("AWAIT_PUBCOMP") == 2, r.stdout
+    r = subprocess.run(tool + [str(whole), "--label", "nope"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 3 and "without a partition labelled 'nope'" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(tool + [str(whole), "--json"], capture_output=True, text=True, timeout=30)
+    import json
+    orders = [m["order"] for m in json.loads(r.stdout)["messages"]]
+    r = subprocess.run(tool + [str(whole), "--drop", str(orders[0]), "--drop", str(orders[-1])],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "2 removed, 6 messages left" in r.stdout, r.stdout + r.stderr
+    data = whole.read_bytes()
+    assert data[:0x8000] == b"\xff" * 0x8000  # only the partition was written back
+    r = subprocess.run(tool + [str(whole), "--json"], capture_output=True, text=True, timeout=30)
+    left = [m["order"] for m in json.loads(r.stdout)["messages"]]
+    assert left == orders[1:-1]
+    r = subprocess.run(tool + [str(img), "--purge"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "0 messages left" in r.stdout
+    r = subprocess.run(tool + [str(img)], capture_output=True, text=True, timeout=30)
+    assert "messages owed (0)" in r.stdout
+
+
+def test_ringdump_never_shows_a_traceback(tmp_path):
+    tool = [sys.executable, str(ROOT / "tools" / "ringdump.py")]
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    junk = tmp_path / "junk"
+    junk.write_bytes(os.urandom(10000))
+    cases = [([], 2), ([str(tmp_path / "missing")], 3), ([str(empty)], 3), ([str(junk)], 3),
+             ([str(tmp_path)], 3), (["--bogus"], 2), ([str(junk), "--drop", "x"], 2)]
+    for args, code in cases:
+        r = subprocess.run(tool + args, capture_output=True, text=True, timeout=30)
+        assert r.returncode == code and "Traceback" not in r.stderr and r.stderr.startswith("ringdump: "), \
+            (args, r.returncode, r.stderr)
+    ring = _good_ring(tmp_path / "g.ring")
+    p = subprocess.Popen(tool + [str(ring), "--records"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()  # the reader went away, as `| head` does
+    err = p.stderr.read().decode()
+    assert p.wait(30) == 0 and "Traceback" not in err, err
+
+
+LOGRING = """
+import sys
+from mqtt.ring import RingStore
+from mqtt.store import AWAIT_PUBCOMP
+path = sys.argv[1]
+st = RingStore(path, 3 * 4096, capacity=64, medium="log")
+live = []
+for k in range(300):  # enough to reclaim every sector file several times
+    i = st.add(st.next_pid(), 1 + k % 2, False, b"log/t", b"l%03d" % k + b"y" * (k % 50))
+    live.append(st.pid[i])
+    if len(live) > 5:
+        j = st.find(live.pop(0))
+        if st.qos[j] == 2:
+            st.set_state(j, AWAIT_PUBCOMP)
+        st.remove(j)
+st.close()
+st = RingStore(path, 3 * 4096, medium="log")
+print("LEFT", " ".join(bytes(m[5][:4]).decode() for m in st.outbox()))
+print("ERASES", st.journal.stats()["erases"])
+"""
+
+
+def test_log_ring_directory_round_trip_and_ringdump(rt, tmp_path):
+    """The append-only log medium (what a path becomes on a board's littlefs) on a host
+    directory: reclaiming removes sector files, recovery finds the last 5 messages, and
+    ringdump reads and edits the directory."""
+    d = tmp_path / "logring"
+    out = ok(rt.run(LOGRING, args=[d]))
+    assert "LEFT l295 l296 l297 l298 l299" in out, out
+    assert all(n.isdigit() for n in os.listdir(d)) and len(os.listdir(d)) <= 3
+    tool = [sys.executable, str(ROOT / "tools" / "ringdump.py")]
+    r = subprocess.run(tool + [str(d), "--json"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    import json
+    orders = [m["order"] for m in json.loads(r.stdout)["messages"]]
+    assert len(orders) == 5
+    r = subprocess.run(tool + [str(d), "--drop", str(orders[0])], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    out = ok(rt.run("from mqtt.ring import RingStore\nimport sys\nst = RingStore(sys.argv[1], medium='log')\n"
+                    "print('LEFT', len(st.outbox()))", args=[d]))
+    assert "LEFT 4" in out

@@ -71,8 +71,8 @@ def find_partition(data, label):
         ent = data[e:e + 32]
         if ent[:2] != b"\xaa\x50":
             break
-        off, size = struct.unpack_from("<II", ent, 4)
-        if ent[16:32].rstrip(b"\0").decode("ascii", "replace") == label:
+        off, size = struct.unpack_from("<II", ent, 4)  # magic 2, type 1, subtype 1, offset, size
+        if ent[12:28].rstrip(b"\0").decode("ascii", "replace") == label:
             return off, size
     return None
 
@@ -261,7 +261,7 @@ def run(o):
                 if order not in by_order:
                     raise Bad("no pending message with order %d (see the listing)" % order)
             for order in o["drop"]:
-                st.remove(by_order[order])
+                st.discard(order)
             n = len(o["drop"])
         st.commit()
         save(work, where)

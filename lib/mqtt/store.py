@@ -123,6 +123,26 @@ class MemoryStore:
         """Occupied slots in acceptance order (used on reconnect, not per message)."""
         return sorted([i for i in range(self.capacity) if self.pid[i]], key=lambda i: self.seq[i])
 
+    def outbox(self):
+        """[(order, pid, qos, state, topic, payload)] of the pending messages, oldest
+        first (payloads are read back from the medium where needed)."""
+        out = []
+        for i in self.ordered():
+            if self.msg[i] is None:
+                self.load(i)
+            out.append((self.seq[i], self.pid[i], self.qos[i], self.state[i], self.topic[i], self.msg[i]))
+        return out
+
+    def discard(self, order):
+        """Give up the pending message with this acceptance order (outbox() lists them);
+        recorded like an acknowledgement.  False when there is none."""
+        for i in range(self.capacity):
+            if self.pid[i] and self.seq[i] == order:
+                self.remove(i)
+                self.commit()
+                return True
+        return False
+
     def oldest_unsent(self):
         best = -1
         for i in range(self.capacity):
