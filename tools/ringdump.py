@@ -2,7 +2,7 @@
 space, CRC failures, wear - and manage its outbox.
 
     ringdump.py RING [--records] [--json] [--label NAME | --offset N --size N]
-    ringdump.py RING --drop ORDER [--drop ORDER ...] | --purge
+    ringdump.py RING --drop ORDER [--drop ORDER ...] | --release ORDER [...] | --purge
 
 RING is any form the ring takes:
   - a ring file (MQTTClient(store="path") on a host, `mqttc --store`);
@@ -11,9 +11,11 @@ RING is any form the ring takes:
     found in its partition table at 0x8000 by label (--label, default "ring"), or
     given with --offset/--size;
   - a log ring directory (a path ring on a board's littlefs, copied to the host).
-Reading never writes.  --drop ORDER removes the pending message with that order
-number (first column of the listing); --purge removes every pending message and the
-inbound QoS 2 ids.  Both write the change back to RING as the device would.
+Reading never writes.  --drop ORDER removes the pending or held message with that
+order number (first column of the listings); --release ORDER puts a held message (one
+set aside because the broker dropped the link each time it got it) back at the end of
+the queue; --purge removes every pending and held message and the inbound QoS 2 ids.
+Each writes the change back to RING as the device would.
 Exit codes: 0 done, 2 usage, 3 RING unreadable or not a ring.
 """
 import json
@@ -207,14 +209,14 @@ def table(rows, cols):
 
 def parse(argv):
     o = {"path": None, "records": False, "json": False, "label": "ring", "offset": None, "size": None,
-         "drop": [], "purge": False}
+         "drop": [], "release": [], "purge": False}
     it = iter(argv)
     for a in it:
         if a in ("-h", "--help"):
             o["help"] = True
         elif a in ("--records", "--json", "--purge"):
             o[a[2:]] = True
-        elif a in ("--label", "--offset", "--size", "--drop"):
+        elif a in ("--label", "--offset", "--size", "--drop", "--release"):
             v = next(it, None)
             if v is None:
                 raise Usage("%s needs a value" % a)
@@ -225,8 +227,8 @@ def parse(argv):
                     n = int(v, 0)
                 except ValueError:
                     raise Usage("%s takes a number (got %r)" % (a, v))
-                if a == "--drop":
-                    o["drop"].append(n)
+                if a in ("--drop", "--release"):
+                    o[a[2:]].append(n)
                 else:
                     o[a[2:]] = n
         elif a.startswith("-"):
@@ -251,35 +253,49 @@ def run(o):
         st, notes = open_store(work)
     except RingError as e:
         raise Bad(str(e))
-    if o["drop"] or o["purge"]:
+    if o["drop"] or o["purge"] or o["release"]:
         by_order = {st.seq[i]: i for i in st.ordered()}
         if o["purge"]:
-            n = st.count + len(st.inbound)
+            n = st.count + len(st.inbound) + len(st.held)
             st.clear()
         else:
             for order in o["drop"]:
-                if order not in by_order:
-                    raise Bad("no pending message with order %d (see the listing)" % order)
+                if order not in by_order and order not in st.held:
+                    raise Bad("no pending or held message with order %d (see the listing)" % order)
+            for order in o["release"]:
+                if order not in st.held:
+                    raise Bad("no held message with order %d (see the listing)" % order)
             for order in o["drop"]:
                 st.discard(order)
-            n = len(o["drop"])
+            for order in o["release"]:
+                st.release(order)
+            n = len(o["drop"]) + len(o["release"])
         st.commit()
         save(work, where)
-        print("ringdump: %s: %d removed, %d messages left" % (o["path"], n, st.count))
+        print("ringdump: %s: %d %s, %d messages pending, %d held" % (
+            o["path"], n, "released" if o["release"] and not o["drop"] else "removed", st.count, len(st.held)))
         return 0
     msgs = messages(st)
+    held = []
+    for order in sorted(st.held):
+        h = st.held[order]
+        if h[3] is None:
+            st.journal.load_held(order, h)
+        off = st.journal.heldloc[order]
+        held.append({"order": order, "qos": h[0], "retain": h[1], "topic": bytes(h[2]).decode("utf-8", "replace"),
+                     "payload_len": len(h[3]), "sector": off // F.SECTOR, "offset": off % F.SECTOR})
     used = sum(s["used"] for s in rep["sectors"] if s["state"].startswith("used"))
     erases = [s["erases"] for s in rep["sectors"] if s["erases"] is not None]
     size = len(data)
     summary = {
         "ring": o["path"], "sectors": size // F.SECTOR, "ring_bytes": size,
         "used_bytes": used, "free_bytes": size - used, "records": len(rep["records"]),
-        "messages_owed": len(msgs), "inbound_qos2_ids": sorted(st.inbound),
+        "messages_owed": len(msgs), "messages_held": len(held), "inbound_qos2_ids": sorted(st.inbound),
         "crc_failures": rep["crc_failures"], "erases_total": sum(erases), "erases_max": max(erases or [0]),
         "format_version": F.VERSION, "recovery_notes": notes,
     }
     if o["json"]:
-        print(json.dumps({"summary": summary, "sectors": rep["sectors"], "messages": msgs,
+        print(json.dumps({"summary": summary, "sectors": rep["sectors"], "messages": msgs, "held": held,
                           "records": rep["records"]}, indent=1))
         return 0
     print("ring %s: %d sectors, %d of %d bytes used, %d free" % (o["path"], size // F.SECTOR, used, size,
@@ -291,6 +307,11 @@ def run(o):
     print()
     print("messages owed (%d), in original order:" % len(msgs))
     print(table(msgs, ["order", "pid", "qos", "state", "retain", "topic", "payload_len", "sector", "offset"]))
+    if held:
+        print()
+        print("held (%d): set aside because the broker dropped the link each time it got them;"
+              " --release ORDER to retry, --drop ORDER to give up:" % len(held))
+        print(table(held, ["order", "qos", "retain", "topic", "payload_len", "sector", "offset"]))
     print()
     print("inbound QoS 2 ids awaiting PUBREL: %s" % (", ".join(map(str, sorted(st.inbound))) or "none"))
     for why in notes:

@@ -20,8 +20,8 @@ import struct
 from .store import MemoryStore, StoreFull
 from .compat import const
 from .medium import RingError, BlockMedium  # noqa: F401 (RingError: part of the API)
-from .ringfmt import (SECTOR, SEC_HDR, REC_HDR, MARKS, PUB, REL, DONE, IN_ADD, IN_DEL, CLEAR,
-                      F_RETAIN, F_RELEASED, M_RELEASED, M_DONE, rec_size, record_bytes,  # noqa: F401
+from .ringfmt import (SECTOR, SEC_HDR, REC_HDR, MARKS, PUB, REL, DONE, IN_ADD, IN_DEL, CLEAR, HOLD, UNHOLD,
+                      F_RETAIN, F_RELEASED, F_HELD, M_RELEASED, M_DONE, rec_size, record_bytes,  # noqa: F401
                       sector_header, parse_sector_header, pub_body, seal, scan, blank, ours)
 
 # sender states (store.py)
@@ -100,6 +100,7 @@ class Ring:
         self._mv = memoryview(self._buf)
         self.loc = []              # medium offset of each slot's PUB record
         self.inloc = {}            # inbound pid -> offset of its IN_ADD record
+        self.heldloc = {}          # held message's order -> offset of its PUB record
         self.st = None
 
     def attach(self, st):
@@ -172,7 +173,7 @@ class Ring:
         elif rtype == PUB:
             n = 6 + len(topic) + len(msg)
         else:
-            n = 0
+            n = 4 if rtype >= HOLD else 0
         size = rec_size(n)
         if size > SECTOR - SEC_HDR:
             raise ValueError("message too large for a ring record (%d bytes, max %d)" % (size, SECTOR - SEC_HDR))
@@ -183,25 +184,27 @@ class Ring:
             self._mv = memoryview(self._buf)
         if copy_from:
             self.m.read(copy_from[0] + REC_HDR, self._mv[REC_HDR:REC_HDR + n])
-        elif n:
+        elif rtype == PUB:
             pub_body(self._buf, order, topic, msg)
+        elif n:
+            struct.pack_into("<I", self._buf, REC_HDR, order)
         seal(self._buf, self._mv, rtype, flags, n, self._seq_rec, pid)
         self._write(off, self._buf, size)
         self.fill[off // SECTOR] += size
         self.records_written += 1
         return off
 
-    def _state_rec(self, rtype, pid, off, which):
+    def _state_rec(self, rtype, pid, off, which, order=0):
         """Record a state change of the record at off: its own record, plus the mark
         (which: 0 released, 2 done) where the medium allows in-place writes, else the
         record twice (append-only media)."""
-        self._append(rtype, 0, pid)
+        self._append(rtype, 0, pid, order=order)
         if off < 0:
             return
         if self.marks:
             self._write(off + MARKS + which, b"\0\0", 2)
         else:
-            self._append(rtype, 0, pid)
+            self._append(rtype, 0, pid, order=order)
 
     def _room(self, size):
         """Offset where `size` bytes fit at the head, reclaiming old sectors if needed.
@@ -227,10 +230,13 @@ class Ring:
         lo = t * SECTOR
         live = [i for i in st.ordered() if lo <= self.loc[i] < lo + SECTOR]  # in acceptance order
         inbound = [p for p in self.inloc if lo <= self.inloc[p] < lo + SECTOR]
-        if live or inbound:
+        held = [o for o in self.heldloc if lo <= self.heldloc[o] < lo + SECTOR]
+        if live or inbound or held:
             need = len(inbound) * rec_size(0)
             for i in live:
                 need += rec_size(self._read_hdr(self.loc[i])[2])
+            for o in held:
+                need += rec_size(self._read_hdr(self.heldloc[o])[2])
             if self.fill[self.used[-1]] + need > SECTOR:
                 if not self.free:
                     return False
@@ -242,6 +248,10 @@ class Ring:
                 self.loc[i] = self._append(PUB, flags, st.pid[i], copy_from=(old, hdr[2]))
             for p in inbound:
                 self.inloc[p] = self._append(IN_ADD, 0, p)
+            for o in held:
+                old = self.heldloc[o]
+                hdr = self._read_hdr(old)
+                self.heldloc[o] = self._append(PUB, hdr[1] | F_HELD, hdr[4], copy_from=(old, hdr[2]))
             self._sync()  # the copies must be durable before the originals go
         self.used.pop(0)
         if self.m.inplace:
@@ -302,6 +312,28 @@ class Ring:
         if st.msg[i] is not None:
             self._cached -= 1
 
+    def hold(self, i):
+        st = self.st
+        self.heldloc[st.seq[i]] = self.loc[i]
+        self._append(HOLD, 0, st.pid[i], order=st.seq[i])
+        self._changed()
+        if st.msg[i] is not None:
+            self._cached -= 1
+
+    def unhold(self, order):
+        off = self.heldloc.pop(order)
+        self._state_rec(UNHOLD, 0, off, 2, order)  # the PUB's done mark: gone for good
+        self._changed()
+
+    def load_held(self, order, h):
+        """Read a held message's topic and payload into h ([qos, retain, topic, msg])."""
+        off = self.heldloc[order]
+        body = bytearray(self._read_hdr(off)[2])
+        self.m.read(off + REC_HDR, body)
+        tl = body[4] | body[5] << 8
+        h[2] = bytes(body[6:6 + tl])
+        h[3] = bytes(body[6 + tl:])
+
     def in_room(self):
         """Room for another inbound QoS 2 id: at most `inbound` of them (bounded RAM),
         and ring space for its record (reclaiming old sectors if needed).  A broker
@@ -330,13 +362,14 @@ class Ring:
             for i in range(st.capacity):
                 if st.pid[i]:
                     self._write(self.loc[i] + MARKS + 2, b"\0\0", 2)
-            for off in self.inloc.values():
+            for off in list(self.inloc.values()) + list(self.heldloc.values()):
                 self._write(off + MARKS + 2, b"\0\0", 2)
         self._append(CLEAR, 0, 0)
         if not self.marks:
             self._append(CLEAR, 0, 0)
         self._changed()
         self.inloc = {}
+        self.heldloc = {}
         self._cached = 0
 
     # ---- recovery -------------------------------------------------------------------
@@ -421,9 +454,20 @@ class Ring:
         self._last = seq
         off = s * SECTOR + pos
         st = self.st
+        order = 0
+        if n >= 4:  # PUB, HOLD, UNHOLD: the acceptance order leads the body
+            b = self._scratch
+            self._read(pos + REC_HDR, memoryview(b)[:4])
+            order = struct.unpack_from("<I", b, 0)[0]
         if rtype == PUB:
             if n < 6:
                 self._note("record seq %d: PUB body too short, skipped" % seq)
+                return
+            q = flags & 3
+            if flags & F_HELD:
+                if not marks & M_DONE:
+                    st.held[order] = [q, bool(flags & F_RETAIN), None, None]
+                    self.heldloc[order] = off
                 return
             st._last_pid = pid
             i = st.find(pid)
@@ -431,12 +475,8 @@ class Ring:
                 if i >= 0:
                     st.drop(i)
                 return
-            q = flags & 3
             state = _AWAIT_PUBCOMP if marks & M_RELEASED or flags & F_RELEASED else \
                 (_AWAIT_PUBACK if q == 1 else _AWAIT_PUBREC)
-            b = self._scratch
-            self._read(pos + REC_HDR, memoryview(b)[:4])
-            order = struct.unpack_from("<I", b, 0)[0]
             if i >= 0:
                 st.drop(i)  # a later copy of the same message
             elif st.count >= st.capacity:
@@ -462,12 +502,24 @@ class Ring:
             if pid in self.inloc:
                 del self.inloc[pid]
                 st.inbound.remove(pid)
+        elif rtype == HOLD:
+            i = st.find(pid)
+            if i >= 0 and st.seq[i] == order:
+                st.held[order] = [st.qos[i], st.retain[i], None, None]
+                self.heldloc[order] = self.loc[i]
+                st.drop(i)
+        elif rtype == UNHOLD:
+            if order in st.held:
+                del st.held[order]
+                del self.heldloc[order]
         elif rtype == CLEAR:
             for i in range(st.capacity):
                 if st.pid[i]:
                     st.drop(i)
             st.inbound = []
+            st.held = {}
             self.inloc = {}
+            self.heldloc = {}
 
     # ---- reporting ------------------------------------------------------------------
     def stats(self):

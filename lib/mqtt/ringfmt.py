@@ -26,11 +26,15 @@ DONE = const(3)
 IN_ADD = const(4)
 IN_DEL = const(5)
 CLEAR = const(6)
-TYPES = {PUB: "PUB", REL: "REL", DONE: "DONE", IN_ADD: "IN_ADD", IN_DEL: "IN_DEL", CLEAR: "CLEAR"}
+HOLD = const(7)    # body: the message's acceptance order u32 - set aside (poison)
+UNHOLD = const(8)  # body: acceptance order u32 - a held message released or dropped
+TYPES = {PUB: "PUB", REL: "REL", DONE: "DONE", IN_ADD: "IN_ADD", IN_DEL: "IN_DEL", CLEAR: "CLEAR",
+         HOLD: "HOLD", UNHOLD: "UNHOLD"}
 
 # PUB flags: bits 0-1 QoS, then
 F_RETAIN = const(4)
 F_RELEASED = const(8)  # a PUB copied while its PUBREL was owed
+F_HELD = const(16)     # a PUB copied while it was held
 
 # marks as scan() reports them
 M_RELEASED = const(1)
@@ -146,7 +150,7 @@ def scan(read, buf, visit):
             break  # erased from here on
         rtype, flags, n, seq, pid = struct.unpack_from("<BBHIH", hb, 0)
         size = rec_size(n)
-        ok = PUB <= rtype <= CLEAR and pos + size <= SECTOR
+        ok = PUB <= rtype <= UNHOLD and pos + size <= SECTOR
         if ok:
             crc = crc32(memoryview(hb)[:MARKS])
             a = pos + REC_HDR

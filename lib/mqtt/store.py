@@ -41,6 +41,9 @@ class MemoryStore:
         self.tries = [0] * capacity     # in-session resends of the current step
         self.count = self._seq = self._last_pid = 0
         self.inbound = []  # QoS 2 ids awaiting PUBREL [MQTT-4.3.3-2]
+        # Held (quarantined) messages: set aside, never sent until released.
+        # order -> [qos, retain, topic, msg] (topic/msg None: on the medium only)
+        self.held = {}
         if journal:
             journal.attach(self)  # replays what the medium holds into the index
 
@@ -134,14 +137,46 @@ class MemoryStore:
         return out
 
     def discard(self, order):
-        """Give up the pending message with this acceptance order (outbox() lists them);
-        recorded like an acknowledgement.  False when there is none."""
+        """Give up the pending or held message with this acceptance order (outbox() and
+        held list them); recorded like an acknowledgement.  False when there is none."""
+        if order in self.held:
+            self._unhold(order)
+            return True
         for i in range(self.capacity):
             if self.pid[i] and self.seq[i] == order:
                 self.remove(i)
                 self.commit()
                 return True
         return False
+
+    # -- quarantine ------------------------------------------------------------
+    def hold(self, i):
+        """Set message i aside: kept (durably with a journal) but out of the queue and
+        never sent until release() - for a poison message the broker drops the link
+        over each time it gets it (see session.py)."""
+        if self.journal:
+            self.journal.hold(i)
+        self.held[self.seq[i]] = [self.qos[i], self.retain[i], self.topic[i], self.msg[i]]
+        self.drop(i)
+
+    def release(self, order):
+        """Put a held message back at the end of the queue (a new packet id).  False
+        when no message with this order is held.  Raises StoreFull like add()."""
+        h = self.held.get(order)
+        if h is None:
+            return False
+        if h[3] is None:
+            self.journal.load_held(order, h)
+        # the copy first: a power cut between the two keeps both, never neither
+        self.add(self.next_pid(), h[0], h[1], h[2], h[3])
+        self._unhold(order)
+        return True
+
+    def _unhold(self, order):
+        if self.journal:
+            self.journal.unhold(order)
+            self.journal.commit()
+        del self.held[order]
 
     def oldest_unsent(self):
         best = -1
@@ -174,6 +209,7 @@ class MemoryStore:
             if self.pid[i]:
                 self.drop(i)
         self.inbound = []
+        self.held = {}
 
     def discard_session(self):
         """clean_session=1 [MQTT-3.1.2-6]: the broker forgets our ids.  In RAM the
@@ -198,7 +234,8 @@ class MemoryStore:
             self.journal.close()
 
     def stats(self):
-        d = {"messages": self.count, "capacity": self.capacity, "inbound": len(self.inbound)}
+        d = {"messages": self.count, "capacity": self.capacity, "inbound": len(self.inbound),
+             "held": len(self.held)}
         if self.journal:
             d.update(self.journal.stats())
         return d
