@@ -26,6 +26,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
 from mqtt import ringfmt as F  # noqa: E402
+from mqtt import recovery as R  # noqa: E402  (the format's readers)
 from mqtt.medium import BlockMedium, RingError  # noqa: E402
 from mqtt.ring import Ring  # noqa: E402
 from mqtt.store import MemoryStore, AWAIT_PUBACK, AWAIT_PUBREC, AWAIT_PUBCOMP  # noqa: E402
@@ -148,9 +149,9 @@ def scan(data):
         def read(pos, mv):
             mv[:] = sec[pos:pos + len(mv)]
         scratch = bytearray(256)
-        h = F.parse_sector_header(sec)
+        h = R.parse_sector_header(sec)
         if h is None:
-            if not F.blank(read, scratch, 0, F.SECTOR):
+            if not R.blank(read, scratch, 0, F.SECTOR):
                 info["state"] = "erased header, data after it"
             continue
         if isinstance(h, str):
@@ -169,12 +170,12 @@ def scan(data):
                    "bytes": F.rec_size(n), "marks": ("released " if marks & F.M_RELEASED else "") +
                    ("done" if marks & F.M_DONE else "")}
             if rtype == F.PUB and n >= 6:
-                order, topic, payload = F.parse_pub(sec[pos + F.REC_HDR:pos + F.REC_HDR + n])
+                order, topic, payload = R.parse_pub(sec[pos + F.REC_HDR:pos + F.REC_HDR + n])
                 rec.update(order=order, qos=flags & 3, retain=bool(flags & F.F_RETAIN),
                            released=bool(flags & F.F_RELEASED), topic=bytes(topic).decode("utf-8", "replace"),
                            payload_len=len(payload))
             records.append(rec)
-        end, clean = F.scan(read, scratch, visit)
+        end, clean = R.scan(read, scratch, visit)
         info["used"] = end
         if not clean and info["state"] == "used":
             info["state"] = "used, torn tail"

@@ -35,6 +35,18 @@ else:
         time.sleep(ms / 1000)
 
 
+def unload(name):
+    """Forget a module that ran once (the ring's recovery at boot), so that on a small
+    heap its code is garbage once nothing else refers to it.  CPython: nothing to gain."""
+    if MICROPYTHON:
+        sys.modules.pop(name, None)
+        pkg, _, attr = name.rpartition(".")
+        try:
+            delattr(sys.modules[pkg], attr)
+        except (KeyError, AttributeError):
+            pass
+
+
 # errno names, never numbers: a socket timeout is EAGAIN on the unix port and
 # ETIMEDOUT on ESP32; CPython raises BlockingIOError (EAGAIN/EWOULDBLOCK).  Every
 # exception has .errno on MicroPython (it is args[0]).

@@ -13,7 +13,7 @@
 import os
 
 from .compat import MICROPYTHON
-from .ringfmt import SECTOR, FF
+from .ringfmt import SECTOR, FF  # noqa: F401 (FF: for filemedium)
 
 
 class RingError(Exception):

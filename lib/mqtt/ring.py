@@ -18,11 +18,11 @@
 import struct
 
 from .store import MemoryStore, StoreFull
-from .compat import const
+from .compat import const, unload
 from .medium import RingError, BlockMedium  # noqa: F401 (RingError: part of the API)
 from .ringfmt import (SECTOR, SEC_HDR, REC_HDR, MARKS, PUB, REL, DONE, IN_ADD, IN_DEL, CLEAR, HOLD, UNHOLD,
-                      F_RETAIN, F_RELEASED, F_HELD, M_RELEASED, M_DONE, rec_size, record_bytes,  # noqa: F401
-                      sector_header, parse_sector_header, pub_body, seal, scan, blank, ours)
+                      F_RETAIN, F_RELEASED, F_HELD, rec_size, record_bytes,  # noqa: F401 (record_bytes: API)
+                      sector_header, pub_body, seal)
 
 # sender states (store.py)
 _AWAIT_PUBACK = const(1)
@@ -107,7 +107,10 @@ class Ring:
         """Take the index (a MemoryStore) and replay the medium into it."""
         self.st = st
         self.loc = [0] * st.capacity
-        self._recover()
+        from . import recovery  # once per boot: unloaded again right after
+
+        recovery.recover(self)
+        unload("mqtt.recovery")
 
     # ---- medium -------------------------------------------------------------------
     def close(self):
@@ -373,154 +376,6 @@ class Ring:
         self._cached = 0
 
     # ---- recovery -------------------------------------------------------------------
-    def _recover(self):
-        m = self.m
-        hdr = bytearray(SEC_HDR)
-        self._scratch = bytearray(64)  # recovery reads in small pieces: no sector-sized buffer
-        order = []  # (base seq, generation, sector): -1 free, 0 bad, else in use
-        valid = foreign = 0
-        for s in range(self.nsec):
-            m.read(s * SECTOR, hdr)
-            h = parse_sector_header(hdr)
-            if h is None:
-                order.append((-2, -1, s))  # free
-            elif not isinstance(h, str):
-                valid += 1
-                self.erases[s] = h[1]
-                order.append((h[2], h[0], s))
-            elif h[0] == "r":
-                raise RingError("%s sector %d holds %s; this code reads version 2 (left untouched)" % (
-                    m.name, s, h))
-            else:
-                first = -1
-                if h[0] == "d":  # a flipped bit in the header: order it by its records
-                    self._s = s
-                    self._first = -1
-                    scan(self._read, self._scratch, self._first_seq)
-                    first = self._first
-                if first >= 0:
-                    valid += 1
-                    self._note("sector %d: damaged header, records kept" % s)
-                    order.append((first, 1, s))
-                else:
-                    foreign += not ours(hdr)
-                    self._note("sector %d: %s, erased" % (s, h))
-                    order.append((-1, 0, s))
-        if foreign and not valid and not m.ours:
-            raise RingError("%s is not a ring file (no valid sector header)" % m.name)
-        if hasattr(m, "extend"):
-            m.extend()  # a short file gets its missing sectors, erased
-        order.sort()  # sectors are opened in record sequence order
-        self._last = 0  # highest record sequence replayed
-        for base, g, s in order:
-            if g <= 0:
-                # a free sector needs no erase (no wear) if it reads as all 0xFF
-                self._s = s
-                if not (g < 0 and blank(self._read, self._scratch, 0, SECTOR)):
-                    self._erase(s)
-                self.free.append(s)
-                continue
-            self._gen = max(self._gen, g)
-            self.used.append(s)
-            self._s, self._base = s, base
-            end, clean = scan(self._read, self._scratch, self._visit)
-            # never append after garbage; on append-only media never before the end
-            self.fill[s] = max(end, (m.written(s) + 3) & ~3) if clean else SECTOR
-        self._scratch = None
-        self._seq_rec = max(self._seq_rec, self._last)
-        st = self.st
-        self._cached = 0
-        for i in range(st.capacity):
-            if st.pid[i]:
-                st.topic[i] = st.msg[i] = None  # loaded from the medium when sent
-        if self.skipped:
-            self._sync()
-
-    def _read(self, pos, mv):
-        self.m.read(self._s * SECTOR + pos, mv)
-
-    def _first_seq(self, pos, rtype, flags, n, seq, pid, marks):
-        if rtype and self._first < 0:
-            self._first = seq
-
-    def _visit(self, pos, rtype, flags, n, seq, pid, marks):
-        s = self._s
-        if not rtype:
-            self._note("sector %d offset %d: torn or corrupt record skipped" % (s, pos))
-            return
-        if seq < self._base or seq <= self._last:
-            self._note("sector %d offset %d: stale record (seq %d) skipped" % (s, pos, seq))
-            return
-        self._last = seq
-        off = s * SECTOR + pos
-        st = self.st
-        order = 0
-        if n >= 4:  # PUB, HOLD, UNHOLD: the acceptance order leads the body
-            b = self._scratch
-            self._read(pos + REC_HDR, memoryview(b)[:4])
-            order = struct.unpack_from("<I", b, 0)[0]
-        if rtype == PUB:
-            if n < 6:
-                self._note("record seq %d: PUB body too short, skipped" % seq)
-                return
-            q = flags & 3
-            if flags & F_HELD:
-                if not marks & M_DONE:
-                    st.held[order] = [q, bool(flags & F_RETAIN), None, None]
-                    self.heldloc[order] = off
-                return
-            st._last_pid = pid
-            i = st.find(pid)
-            if marks & M_DONE:  # completed: its mark says so
-                if i >= 0:
-                    st.drop(i)
-                return
-            state = _AWAIT_PUBCOMP if marks & M_RELEASED or flags & F_RELEASED else \
-                (_AWAIT_PUBACK if q == 1 else _AWAIT_PUBREC)
-            if i >= 0:
-                st.drop(i)  # a later copy of the same message
-            elif st.count >= st.capacity:
-                self._note("more messages than capacity %d: index grown" % st.capacity)
-                self.loc.extend([0] * 16)
-                st.grow(16)
-            i = st.put(st.find(0), pid, q, bool(flags & F_RETAIN), None, None, order, state)
-            self.loc[i] = off
-        elif rtype == REL or rtype == DONE:
-            i = st.find(pid)
-            if i >= 0:
-                if rtype == REL:
-                    st.state[i] = _AWAIT_PUBCOMP
-                else:
-                    st.drop(i)
-        elif rtype == IN_ADD:
-            if marks & M_DONE:
-                return
-            if pid not in self.inloc:
-                st.inbound.append(pid)
-            self.inloc[pid] = off
-        elif rtype == IN_DEL:
-            if pid in self.inloc:
-                del self.inloc[pid]
-                st.inbound.remove(pid)
-        elif rtype == HOLD:
-            i = st.find(pid)
-            if i >= 0 and st.seq[i] == order:
-                st.held[order] = [st.qos[i], st.retain[i], None, None]
-                self.heldloc[order] = self.loc[i]
-                st.drop(i)
-        elif rtype == UNHOLD:
-            if order in st.held:
-                del st.held[order]
-                del self.heldloc[order]
-        elif rtype == CLEAR:
-            for i in range(st.capacity):
-                if st.pid[i]:
-                    st.drop(i)
-            st.inbound = []
-            st.held = {}
-            self.inloc = {}
-            self.heldloc = {}
-
     # ---- reporting ------------------------------------------------------------------
     def stats(self):
         used_bytes = 0

@@ -58,36 +58,6 @@ def sector_header(gen, erases, base):
     return h + struct.pack("<I", crc32(h))
 
 
-def parse_sector_header(h):
-    """(generation, erase count, base seq) of a valid header; None for an erased one;
-    else a string saying what it is: a ring of another format version, a damaged header
-    (magic within one bit, CRC wrong: a flipped bit - its records are still good), or
-    a bad one (torn erase, retired sector, foreign data)."""
-    if h[:SEC_HDR] == FF[:SEC_HDR]:
-        return None
-    ok = struct.unpack_from("<I", h, 16)[0] == crc32(h[:16])
-    if h[:4] == MAGIC and ok:
-        return struct.unpack_from("<III", h, 4)
-    if ok and h[:2] == b"RQ" and h[3] == 0xA5:
-        return "ring format version %d" % h[2]
-    diff = 0
-    for i in range(4):
-        x = h[i] ^ MAGIC[i]
-        while x:
-            diff += x & 1
-            x >>= 1
-    return "damaged header" if diff <= 1 else "bad header (torn erase or foreign data)"
-
-
-def ours(h):
-    """An invalid header that is still a ring's: retired (magic cleared before an
-    erase) or torn while being programmed (each magic byte still has its 1 bits)."""
-    for i in range(4):
-        if h[i] and h[i] & MAGIC[i] != MAGIC[i]:
-            return False
-    return True
-
-
 def pub_body(b, order, topic, msg):
     """Write a PUB body (acceptance order u32, topic length u16, topic, payload) into
     b after the record header; returns its length."""
@@ -113,65 +83,3 @@ def seal(b, mv, rtype, flags, n, seq, pid):
     return size
 
 
-def parse_pub(body):
-    """(order, topic, payload) of a PUB body (bytes-like)."""
-    tl = body[4] | body[5] << 8
-    return struct.unpack_from("<I", body, 0)[0], body[6:6 + tl], body[6 + tl:]
-
-
-def blank(read, buf, a, b):
-    """True if bytes a..b of a sector read as erased flash (all 0xFF).
-    read(pos, mv) fills mv from sector offset pos; buf: scratch bytearray."""
-    mv = memoryview(buf)
-    while a < b:
-        k = min(b - a, len(buf))
-        read(a, mv[:k])
-        if (buf if k == len(buf) else buf[:k]) != FF[:k]:
-            return False
-        a += k
-    return True
-
-
-def scan(read, buf, visit):
-    """Walk the records of one sector.  read(pos, mv) fills mv from sector offset pos;
-    buf: a scratch bytearray (at least 24 bytes, a multiple of 4: RAM stays small).
-    visit(pos, type, flags, n, seq, pid, marks) for each CRC-valid record (marks:
-    M_RELEASED | M_DONE), and visit(pos, 0, ...) at the start of each run of torn or
-    corrupt bytes (resynchronising on the next 4-byte boundary).  Returns (end,
-    clean): end is just after the last valid record, clean says that only erased
-    bytes follow it (appending may continue there; never after garbage)."""
-    pos = end = SEC_HDR
-    bad = False
-    mv = memoryview(buf)
-    hb = bytearray(REC_HDR + 4)
-    while pos + REC_HDR + 4 <= SECTOR:
-        read(pos, hb)
-        if hb == FF[:REC_HDR + 4] and blank(read, buf, pos, SECTOR):
-            break  # erased from here on
-        rtype, flags, n, seq, pid = struct.unpack_from("<BBHIH", hb, 0)
-        size = rec_size(n)
-        ok = PUB <= rtype <= UNHOLD and pos + size <= SECTOR
-        if ok:
-            crc = crc32(memoryview(hb)[:MARKS])
-            a = pos + REC_HDR
-            e = a + n
-            while a < e:
-                k = min(e - a, len(buf))
-                read(a, mv[:k])
-                crc = crc32(mv[:k], crc)
-                a += k
-            read(e, mv[:4])
-            ok = struct.unpack_from("<I", buf, 0)[0] == crc
-        if ok:
-            bad = False
-            m = (M_RELEASED if hb[MARKS] == 0 and hb[MARKS + 1] == 0 else 0) | \
-                (M_DONE if hb[MARKS + 2] == 0 and hb[MARKS + 3] == 0 else 0)
-            visit(pos, rtype, flags, n, seq, pid, m)
-            pos += size
-            end = pos
-        else:
-            if not bad:
-                visit(pos, 0, 0, 0, 0, 0, 0)
-            bad = True
-            pos += 4
-    return end, blank(read, buf, end, SECTOR)
