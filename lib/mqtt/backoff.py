@@ -1,6 +1,7 @@
-# Reconnect back-off: exponential with full jitter and a cap, reset after each
-# successful CONNACK, so a fleet of sensors does not reconnect in lock-step after a
-# broker restart.
+# Reconnect back-off: exponential with jitter and a cap, so a fleet of sensors does
+# not reconnect in lock-step after a broker restart.  When to reset() is the caller's
+# rule: MQTTClient resets only after a link that stayed up for cap_ms (see
+# client._go_down), so an error that recurs on every connection cannot become a storm.
 from .compat import urandom
 
 

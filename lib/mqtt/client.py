@@ -6,14 +6,19 @@
 # With reconnect=True a lost link is not an error for the app: the client closes it,
 # and re-connects on a back-off schedule from inside the calls the app already makes
 # (publish, check_msg, wait_msg, flush), resending per §4.4 and re-subscribing when
-# the broker lost the session.  Nothing sleeps longer than the caller allows.
+# the broker lost the session.  Nothing waits longer than the caller allows: a
+# connection attempt (non-blocking TCP connect, then CONNECT/CONNACK) is a state that
+# each call drives for the time it has, and goes on in the next call.  The stated
+# exceptions: DNS (getaddrinfo cannot be bounded: use a numeric address) and a TLS
+# handshake, which runs to its end once started (at most what is left of timeout_ms).
 #
 # A superset of umqtt.simple's MQTTClient: code written for umqtt runs unchanged.
 
+import errno
 from . import compat
 from .compat import ticks_ms, ticks_diff, ticks_add, sleep_ms
-from .codec import MQTTException, ProtocolError
-from .session import Session, ConnectionLost, CONNECTED, MESSAGE, PONG
+from .codec import MQTTException, ProtocolError, check_topic
+from .session import Session, ConnectionLost, CONNECTED, MESSAGE, SUBACKED, PONG
 from .store import MemoryStore, StoreFull
 from .backoff import Backoff
 
@@ -25,20 +30,25 @@ class MQTTClient:
     def __init__(self, client_id, server, port=0, user=None, password=None, keepalive=0,
                  ssl=False, ssl_params={}, *, store=None, window=16, max_packet=16384,
                  timeout_ms=10000, ping_timeout_ms=0, ack_timeout_ms=10000, retries=1,
-                 reconnect=False, backoff_ms=250, backoff_cap_ms=10000, trace=None,
+                 reconnect=False, backoff_ms=250, backoff_cap_ms=10000, trace=None, log=None,
                  ring_size=32768, ring_capacity=64, sync_every=1, ring_medium=None):
         """store: None (RAM); a path (the flash ring: see ring.RingStore for ring_size
           bytes, ring_capacity messages, sync_every records per sync, ring_medium "file"
           or "log"); a block device with the esp32.Partition protocol (the ring on a raw
           partition, which it owns whole); or a store object.
         window: QoS 1/2 messages in flight before publish() waits for acks.
-        max_packet: largest packet accepted from the broker; larger ones close the link.
+        max_packet: largest packet accepted from the broker, header included.  A larger
+          PUBLISH is skipped in bounded memory and acknowledged (session.oversize counts
+          them, `log` names each); any other larger packet closes the link.
         timeout_ms: bound on every blocking step (connect, TLS, SUBACK, a full window).
         ack_timeout_ms / retries: an unacknowledged QoS 1 PUBLISH or PUBREL is resent
           (DUP) up to `retries` times, then the link is declared dead (see session.py).
         reconnect: re-connect automatically (back-off from backoff_ms doubling to
-          backoff_cap_ms, with jitter, reset after each CONNACK).
-        trace: callable(str) that gets a line for every packet sent and received."""
+          backoff_cap_ms, with jitter; reset only after a healthy link, see _go_down).
+        trace: callable(str) that gets a line for every packet sent and received.
+        log: callable(str) for rare events worth a line (an oversize message skipped,
+          QoS 2 downgraded by the broker, a subscription refused on restore);
+          default: trace."""
         self.client_id = client_id
         self.server = server
         self.port = port or (8883 if ssl else 1883)
@@ -56,12 +66,13 @@ class MQTTClient:
         elif isinstance(store, str) or hasattr(store, "readblocks"):
             from .ring import RingStore  # only loaded when a flash store is asked for
 
-            store = RingStore(store, ring_size, ring_capacity, sync_every, log=trace, medium=ring_medium)
+            store = RingStore(store, ring_size, ring_capacity, sync_every, log=log or trace, medium=ring_medium)
         self.store = store
         # a store smaller than the window would refuse publishes the window admits
         self.session = Session(store, min(window, store.capacity), max_packet, ping_timeout_ms,
                                ack_timeout_ms, retries)
         self.session.trace = self.trace = trace
+        self.session.log = log or trace
         # False: hold received PUBLISH back (neither delivered nor acknowledged, so the
         # broker keeps them), e.g. while finishing flows before disconnecting.
         self.deliver = True
@@ -73,6 +84,11 @@ class MQTTClient:
         self._resub = False   # a SUBSCRIBE was cut off: restore even if the session survived
         self._down = False    # link lost, re-connecting (reconnect=True)
         self._next_try = 0
+        self._att = None      # deadline of the connection attempt in progress
+        self._up_at = 0       # when the last CONNACK arrived
+        self._healthy = False  # the link last lost had lived long enough (see _go_down)
+        self._stall = None    # since when the socket has taken no bytes (see _flush_tx)
+        self._respid = 0      # SUBSCRIBE id of the subscriptions being restored
         self.reconnects = 0   # successful re-connections
         self.dropped = 0      # QoS 0 messages dropped while the link was down
         self._progress = ticks_ms()
@@ -84,21 +100,26 @@ class MQTTClient:
         self._details = details
 
     def set_last_will(self, topic, msg, retain=False, qos=0):
-        if not topic or qos not in (0, 1, 2):
-            raise ValueError("bad will topic or qos")
+        check_topic(topic, False)
+        if qos not in (0, 1, 2):
+            raise ValueError("qos must be 0, 1 or 2")
         self.lw = (topic, msg, qos, retain)
 
     def connect(self, clean_session=True, timeout_ms=None):
-        """Open the connection and wait for CONNACK; returns session present (bool).
-        Raises ConnectRefused (an MQTTException) when the broker refuses, OSError when
-        the broker cannot be reached.  With reconnect=True the client keeps trying in
-        the background after such a failure (the error is still raised)."""
+        """Open the connection and wait for CONNACK, all within timeout_ms (default: the
+        client's); returns session present (bool).  Raises ConnectRefused (an
+        MQTTException) when the broker refuses, OSError when the broker cannot be
+        reached, ConnectionLost when it does not answer in time.  With reconnect=True
+        the client keeps trying in the background after such a failure (the error is
+        still raised)."""
         self._clean = clean_session
         self._down = False
         try:
-            return self._connect(self.timeout_ms if timeout_ms is None else timeout_ms, False)
-        except (OSError, MQTTException) as e:
-            if self.reconnect:
+            self._begin(self.timeout_ms if timeout_ms is None else timeout_ms)
+            return bool(self._advance(-1)[2])
+        except Exception as e:
+            self._close()
+            if self.reconnect and isinstance(e, (OSError, MQTTException)):
                 self._go_down(e)
             raise
 
@@ -119,7 +140,7 @@ class MQTTClient:
         self.store.commit()
 
     def ping(self):
-        if self._up():
+        if self._up(0):
             self.session.ping(ticks_ms())
             self._guard(self._flush_tx, ticks_ms(), self.timeout_ms)
         elif not self._down:
@@ -135,7 +156,8 @@ class MQTTClient:
         QoS 0 messages are dropped while the link is down (at most once; counted)."""
         sess = self.session
         store = self.store
-        if not self._up():
+        if not self._up(0):
+            check_topic(topic, False)  # before dropping, waiting or storing
             if qos == 0:
                 if not (self.reconnect or self._down):
                     self._check()
@@ -144,7 +166,7 @@ class MQTTClient:
             if not (self.reconnect or getattr(store, "persistent", False)):
                 self._check()
             start = ticks_ms()
-            while store.count >= store.capacity and not self._up():
+            while store.count >= store.capacity and not self._up(0):
                 left = self._left(start, self.timeout_ms)
                 if left <= 0:
                     raise StoreFull("store full (%d messages) and no connection" % store.count)
@@ -173,10 +195,14 @@ class MQTTClient:
         (topic, qos)).  Raises MQTTException when the broker answers 0x80 (failure).
         The subscription is remembered and restored after a reconnect that lost it."""
         topics = topic if isinstance(topic, list) else [(topic, qos)]
+        for t, q in topics:  # refuse a bad filter before remembering it
+            check_topic(t, True)
+            if q not in (0, 1, 2):
+                raise ValueError("qos must be 0, 1 or 2")
         for t, q in topics:
             self._subs = [s for s in self._subs if s[0] != t] + [(t, q)]
         self._resub = True
-        if not self._up():
+        if not self._up(0):
             if self._down:
                 return None  # reconnect=True: subscribed after the next CONNACK
             self._check()
@@ -194,7 +220,7 @@ class MQTTClient:
 
     def check_msg(self):
         """Process whatever has arrived, without waiting; delivers messages to the callback."""
-        if self._up():
+        if self._up(0):
             self._guard(self._pump, 0)
         elif not self._down:
             self._check()
@@ -204,15 +230,17 @@ class MQTTClient:
         timeout_ms >= 0 at most that long; returns True when a packet was handled."""
         start = ticks_ms()
         while True:
-            left = -1 if timeout_ms < 0 else self._left(start, timeout_ms)
-            if not self._up():
+            left = -1 if timeout_ms < 0 else max(0, self._left(start, timeout_ms))
+            if not self._up(left):
                 if not self._down:
                     self._check()
-                if timeout_ms >= 0 and left <= 0:  # a reconnect attempt may overrun it
-                    return False
+                if timeout_ms >= 0:
+                    left = self._left(start, timeout_ms)
+                    if left <= 0:
+                        return False
                 self._sleep_until_retry(left)
                 continue
-            if self._guard(self._pump, max(left, 0) if timeout_ms >= 0 else -1):
+            if self._guard(self._pump, max(0, self._left(start, timeout_ms)) if timeout_ms >= 0 else -1):
                 return True
             if timeout_ms >= 0 and self._left(start, timeout_ms) <= 0:
                 return False
@@ -244,43 +272,76 @@ class MQTTClient:
         self._close()
 
     # ---- connection management --------------------------------------------------
-    def _connect(self, t, resubscribe):
+    def _begin(self, t):
+        """Start a connection attempt that must succeed within t ms: the TCP connect is
+        started here and completed, like the CONNACK wait, by _advance."""
         self._close()
-        start = ticks_ms()
-        s = raw = compat.open_tcp(self.server, self.port, t)
-        try:
-            if self.ssl:
-                params = self.ssl_params
-                if hasattr(self.ssl, "wrap_socket"):  # an SSLContext (newer umqtt API)
-                    params = {"context": self.ssl}
-                    params.update(self.ssl_params)
-                s = compat.wrap_tls(s, self.server, params, t)
-        except BaseException:
-            s.close()
-            raise
-        self.sock = s
-        self._raw = raw
+        self._ev = None
+        self._att = ticks_add(ticks_ms(), t)
+        self.sock = self._raw = s = compat.open_tcp(self.server, self.port)
         self._poll_in = compat.poller(s)
         self._poll_out = compat.poller(s, True)
-        try:
-            self.session.connect(self.client_id, self._clean, self.keepalive, ticks_ms(), self.lw,
-                                 self.user, self.pswd if self.user is not None else None)
-            self._flush_tx(start, t)
-            sp = bool(self._request(0, "CONNACK", self._left(start, t)))
-            self.backoff.reset()  # after each successful CONNACK
-            self._progress = ticks_ms()
-            self._flush_tx(start, t)  # resends queued by the session [MQTT-4.4.0-1]
-            if resubscribe and self._subs and (not sp or self._resub):
-                self._subscribe(self._subs)
-            self._resub = False
-            return sp
-        except BaseException:
-            self._close()
-            raise
+
+    def _advance(self, w):
+        """Drive the attempt for at most w ms (-1: until it ends).  Returns the CONNECTED
+        event once the broker accepted, else False (still in progress); raises when the
+        attempt failed or its time is up (the caller closes the socket)."""
+        sess = self.session
+        start = ticks_ms()
+        while True:
+            left = ticks_diff(self._att, ticks_ms())
+            if left <= 0:
+                if sess.open:
+                    raise ConnectionLost("timed out waiting for CONNACK")
+                raise OSError(errno.ETIMEDOUT, "connect timed out")
+            if w >= 0:
+                left = max(0, min(left, self._left(start, w)))
+            if sess.open:
+                self._pump(left)
+                ev = self._ev
+                if ev is not None and ev[0] == CONNECTED:
+                    # resends are queued by the session [MQTT-4.4.0-1]; restore the
+                    # subscriptions (not waiting for the SUBACK) when reconnecting to a
+                    # broker that lost them, or after a SUBSCRIBE was cut off
+                    self._ev = self._att = None
+                    self._up_at = self._progress = now = ticks_ms()
+                    if self._down and self._subs and (not ev[2] or self._resub):
+                        self._respid = sess.subscribe(self._subs, now)
+                    else:
+                        self._resub = False
+                    self._flush_tx(now, 0)
+                    return ev
+            elif compat.wait(self._poll_out, left):
+                compat.check_connected(self._raw)
+                s = self.sock
+                if self.ssl:
+                    params = self.ssl_params
+                    if hasattr(self.ssl, "wrap_socket"):  # an SSLContext (newer umqtt API)
+                        params = {"context": self.ssl}
+                        params.update(self.ssl_params)
+                    self.sock = s = compat.wrap_tls(s, self.server, params, max(1, ticks_diff(self._att, ticks_ms())))
+                    self._poll_in = compat.poller(s)
+                    self._poll_out = compat.poller(s, True)
+                sess.connect(self.client_id, self._clean, self.keepalive, ticks_ms(), self.lw,
+                             self.user, self.pswd if self.user is not None else None)
+                continue
+            if w >= 0 and self._left(start, w) <= 0:
+                return False
 
     def _go_down(self, e):
-        """The link is gone (reconnect=True): schedule the next attempt."""
+        """The link is gone (reconnect=True): schedule the next attempt.
+
+        Back-off rule: each failed attempt, and each link that dies within
+        backoff_cap_ms of its CONNACK, doubles the delay (up to backoff_cap_ms, with
+        jitter); only a link that stayed up at least backoff_cap_ms starts it over at
+        backoff_ms.  So an error that recurs on every connection (a broker that drops
+        us right after CONNACK, a message it refuses every time) settles at about one
+        connection per backoff_cap_ms instead of a storm, while a broker restart after
+        a long healthy link is retried within backoff_ms."""
         self._close()
+        if self._healthy:
+            self.backoff.reset()
+            self._healthy = False
         self._down = True
         self.last_error = e
         self._next_try = ticks_add(ticks_ms(), self.backoff.next_ms())
@@ -303,14 +364,20 @@ class MQTTClient:
             self._link_lost(e)
             return False
 
-    def _up(self):
-        """True when connected; while down, makes one (bounded) attempt if it is due."""
+    def _up(self, w):
+        """True when connected.  While down (reconnect=True), starts an attempt once it
+        is due and drives it for at most w ms (-1: until it ends)."""
         if self.is_connected():
             return True
-        if not self._down or ticks_diff(ticks_ms(), self._next_try) < 0:
+        if not self._down:
             return False
         try:
-            self._connect(self.timeout_ms, True)
+            if self._att is None:
+                if ticks_diff(ticks_ms(), self._next_try) < 0:
+                    return False
+                self._begin(self.timeout_ms)
+            if not self._advance(w):
+                return False
         except (OSError, MQTTException) as e:
             self._progress = ticks_ms()  # an attempt completed: the loop is alive
             self._go_down(e)
@@ -320,17 +387,20 @@ class MQTTClient:
         return True
 
     def _sleep_until_retry(self, left):
-        """Wait (at most `left` ms, -1 = as needed) for the next reconnect attempt, then try it."""
+        """Wait (at most `left` ms, -1 = as needed) for the next reconnect attempt, then
+        drive it for what is left."""
         if not self._down:
             if left > 0:
                 sleep_ms(left)
             return
-        d = max(0, ticks_diff(self._next_try, ticks_ms()))
-        if left >= 0:
-            d = min(d, left)
-        if d:
-            sleep_ms(d)
-        self._up()
+        start = ticks_ms()
+        if self._att is None:
+            d = max(0, ticks_diff(self._next_try, start))
+            if left >= 0:
+                d = min(d, left)
+            if d:
+                sleep_ms(d)
+        self._up(max(0, self._left(start, left)) if left >= 0 else -1)
 
     def _flush(self, t):
         start = ticks_ms()
@@ -338,10 +408,10 @@ class MQTTClient:
             left = self._left(start, t)
             if left <= 0:
                 return False
-            if self._up():
-                self._guard(self._pump, left)
+            if self._up(left):
+                self._guard(self._pump, max(0, self._left(start, t)))
             elif self._down:
-                self._sleep_until_retry(left)
+                self._sleep_until_retry(max(0, self._left(start, t)))
             else:
                 return False
         return True
@@ -363,11 +433,18 @@ class MQTTClient:
             except OSError:
                 pass
             self.sock = None
-        self.session.reset()
+        sess = self.session
+        if sess.connected:  # for the back-off rule (see _go_down)
+            self._healthy = ticks_diff(ticks_ms(), self._up_at) >= self.backoff.cap_ms
+        sess.reset()
+        self._att = self._stall = None
         if e:
             raise e
 
     def _flush_tx(self, start, t):
+        """Write what the session queued, waiting for the socket at most until t ms
+        after start; returns True when all is out (what is left goes in a later call).
+        A socket that takes nothing for timeout_ms means the link is dead."""
         sess = self.session
         while sess.txn > sess.txoff:
             try:
@@ -376,10 +453,19 @@ class MQTTClient:
                 self._close(ConnectionLost("send failed: %s" % e))
             if k:
                 sess.written(k)
-            else:
-                left = self._left(start, t)
-                if left <= 0 or not compat.wait(self._poll_out, left):
-                    self._close(ConnectionLost("send timed out"))
+                self._stall = None
+                continue
+            now = ticks_ms()
+            if self._stall is None:
+                self._stall = now
+            stall = self.timeout_ms - ticks_diff(now, self._stall)
+            if stall <= 0:
+                self._close(ConnectionLost("send timed out"))
+            w = min(stall, self._left(start, t))
+            if w <= 0:
+                return False
+            compat.wait(self._poll_out, w)
+        return True
 
     def _deliver(self, ev):
         if not self.deliver:
@@ -393,26 +479,29 @@ class MQTTClient:
         self.session.acknowledge(ev, ticks_ms())
 
     def _pump(self, timeout_ms):
-        """One round of I/O: write pending output, wait up to timeout_ms (-1: until the
-        next timer) for input, handle every complete packet, run timers.
+        """One round of I/O within timeout_ms (-1: until the next timer): write pending
+        output, wait for input, handle every complete packet, run timers.
         Returns True when anything was received."""
         sess = self.session
-        now = ticks_ms()
-        self._flush_tx(now, self.timeout_ms)
+        start = ticks_ms()
+        t = self.timeout_ms if timeout_ms < 0 else timeout_ms
+        self._flush_tx(start, t)
         got = self._drain()
         if not got and timeout_ms:
             self.store.commit()  # group commit: sync before idling
             if sess.inflight:
                 compat.ack_now(self._raw)  # acks are due: do not let a delayed ACK stall them
-            nt = sess.next_timer(now)
-            w = timeout_ms if nt < 0 else nt if timeout_ms < 0 else min(nt, timeout_ms)
+            nt = sess.next_timer(start)
+            w = -1 if timeout_ms < 0 else max(0, self._left(start, timeout_ms))
+            if nt >= 0 and (w < 0 or nt < w):
+                w = nt
             if compat.wait(self._poll_in, w):
                 got = self._drain()
         try:
             sess.tick(ticks_ms())
         except ConnectionLost as e:
             self._close(e)
-        self._flush_tx(ticks_ms(), self.timeout_ms)
+        self._flush_tx(start, t)
         return got
 
     def _drain(self):
@@ -436,6 +525,11 @@ class MQTTClient:
                     self._ev = ev  # CONNECTED, SUBACKED, UNSUBACKED: see _request
                     if k == CONNECTED:
                         return True
+                    if k == SUBACKED and ev[1] == self._respid:  # see _connected
+                        self._respid = 0
+                        self._resub = False
+                        if 0x80 in ev[2] and sess.log:
+                            sess.log("restoring subscriptions: SUBACK 0x80 (refused)")
             if sess.txn - sess.txoff >= 512:
                 # a broker flooding us would otherwise grow tx by 4 bytes per ack
                 self._flush_tx(ticks_ms(), self.timeout_ms)
@@ -446,7 +540,7 @@ class MQTTClient:
             if n == 0:
                 self._close(ConnectionLost("connection closed by broker"))
             if n < 0:  # would block
-                self._flush_tx(ticks_ms(), self.timeout_ms)
+                self._flush_tx(ticks_ms(), 0)  # the acks: what the socket takes now
                 if sess.shed:
                     self._shed_reconnect(sess.shed)
                 return got
@@ -482,9 +576,8 @@ class MQTTClient:
         return codes
 
     def _request(self, pid, what, t):
-        """Wait (at most t ms) for the CONNACK (pid 0), SUBACK or UNSUBACK of pid, whose
-        packet is queued; returns what the event carries (session present, return codes,
-        None)."""
+        """Wait (at most t ms) for the SUBACK or UNSUBACK of pid, whose packet is
+        queued; returns what the event carries (return codes, None)."""
         self._ev = None
         start = ticks_ms()
         while self._ev is None or self._ev[1] != pid:

@@ -27,6 +27,11 @@ class MalformedPacket(ProtocolError):
     pass
 
 
+class TopicError(ValueError):
+    """A topic name or filter that MQTT 3.1.1 forbids, refused before anything is stored
+    or sent (a ValueError: the caller's mistake, not the broker's or the link's)."""
+
+
 def name(first):
     """The name of a packet type, from its first byte (for messages and traces)."""
     return ("type0 CONNECT CONNACK PUBLISH PUBACK PUBREC PUBREL PUBCOMP SUBSCRIBE SUBACK "
@@ -108,11 +113,11 @@ def connect_packet(client_id, clean, keepalive, will, user, password):
 # ---- decoding ---------------------------------------------------------------
 
 
-def check_utf8(b):
-    """A received topic must be well-formed UTF-8 without U+0000 or an encoded
-    surrogate [MQTT-1.5.3-1/2] (MicroPython's own decoder is more lenient)."""
-    if 0 in b:
-        raise MalformedPacket("topic contains U+0000")
+def utf8_error(b):
+    """Why b is no MQTT string, or None: it must be well-formed UTF-8 without U+0000 or
+    an encoded surrogate [MQTT-1.5.3-1/2] (MicroPython's own decoder is more lenient)."""
+    if b"\0" in b:
+        return "contains U+0000"
     i = 0
     n = len(b)
     while i < n:
@@ -126,8 +131,40 @@ def check_utf8(b):
         lo = 0xA0 if c == 0xE0 else 0x90 if c == 0xF0 else 0x80
         hi = 0x9F if c == 0xED else 0x8F if c == 0xF4 else 0xBF
         if not (k and i + k <= n and lo <= b[i] <= hi):
-            raise MalformedPacket("topic is not valid UTF-8")
+            return "is not valid UTF-8"
         for j in range(i + 1, i + k):
             if not 0x80 <= b[j] <= 0xBF:
-                raise MalformedPacket("topic is not valid UTF-8")
+                return "is not valid UTF-8"
         i += k
+
+
+def check_topic(t, wild):
+    """t (str or bytes) as bytes, if it is a valid topic name (wild=False) or filter
+    (wild=True); else TopicError, with the same message on every runtime.  Checked
+    before anything is stored or sent: a broker drops the connection over a bad topic,
+    and a stored one would be resent on every reconnect."""
+    if isinstance(t, str):
+        # surrogatepass: CPython encodes a lone surrogate as MicroPython does, and
+        # utf8_error refuses it on both
+        t = t.encode("utf-8", "surrogatepass")
+    n = len(t)
+    why = None
+    if not n:
+        why = "is empty"  # [MQTT-4.7.3-1]
+    elif n > 65535:
+        why = "is longer than 65535 bytes"  # [MQTT-1.5.3]
+    elif not wild:
+        if b"+" in t or b"#" in t:
+            why = "contains a wildcard"  # [MQTT-3.3.2-2]
+    else:
+        for i in range(n):
+            c = t[i]
+            if c == 0x23 or c == 0x2B:  # "#", "+": a whole level, "#" last [MQTT-4.7.1-2/3]
+                if i and t[i - 1] != 0x2F or i < n - 1 and (c == 0x23 or t[i + 1] != 0x2F):
+                    why = "has + or # inside a level, or # not last"
+                    break
+    if why is None and (b"\0" in t or max(t) > 0x7F):
+        why = utf8_error(t)
+    if why:
+        raise TopicError("topic %s %s: %r" % ("filter" if wild else "name", why, t[:64]))
+    return t

@@ -70,11 +70,11 @@ def wait(p, timeout_ms):
     return bool(p.poll(timeout_ms))
 
 
-def open_tcp(host, port, timeout_ms):
-    """A connected non-blocking TCP socket with TCP_NODELAY set where the port has it.
-
-    The connect is non-blocking and bounded by timeout_ms.  DNS (getaddrinfo) is
-    blocking on every port; a numeric address never touches the resolver.
+def open_tcp(host, port):
+    """A non-blocking TCP socket with TCP_NODELAY set where the port has it, its
+    connect started: it is connected once poller(s, True) reports it writable (then
+    call check_connected).  DNS (getaddrinfo) is blocking on every port; a numeric
+    address never touches the resolver.
     """
     ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
     s = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
@@ -92,16 +92,19 @@ def open_tcp(host, port, timeout_ms):
         except OSError as e:
             if e.errno not in _CONNECTING:
                 raise
-        if not wait(poller(s, True), timeout_ms):
-            raise OSError(errno.ETIMEDOUT, "connect timed out")
-        if not MICROPYTHON:
-            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err, "connect failed")
         return s
     except BaseException:
         s.close()
         raise
+
+
+def check_connected(s):
+    """Raise if the connect of a socket that polled writable failed.  (MicroPython has
+    no SO_ERROR: there the first send or receive reports it.)"""
+    if not MICROPYTHON:
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, "connect failed")
 
 
 _quickack = [True]  # cleared once the stack refuses TCP_QUICKACK (not Linux)

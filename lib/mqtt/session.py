@@ -17,6 +17,8 @@
 #
 #   sender   AWAIT_PUBACK  --PUBACK-->  done                 [MQTT-4.3.2-1]
 #            AWAIT_PUBREC  --PUBREC-->  AWAIT_PUBCOMP + PUBREL [MQTT-4.3.3-1]
+#            AWAIT_PUBREC  --PUBACK-->  done: the broker downgraded QoS 2 to 1 (RabbitMQ
+#                                       3.10 does); counted in `downgraded`, logged once
 #            AWAIT_PUBCOMP --PUBCOMP--> done
 #            AWAIT_PUBCOMP --PUBREC-->  AWAIT_PUBCOMP + PUBREL (broker retried)
 #            any other ack for a known id is a protocol violation.
@@ -24,9 +26,15 @@
 #            QoS 2 id remembered --PUBLISH--> PUBREC only (never deliver twice)
 #            any id --PUBREL--> forget id, PUBCOMP
 # Unknown ids: PUBACK/PUBCOMP ignored, PUBREC answered with PUBREL, PUBREL with PUBCOMP.
+#
+# A PUBLISH larger than max_packet is not a violation: only its head (topic, id) is
+# buffered, its payload is dropped as it arrives, and it is acknowledged as if it had
+# been delivered (QoS 2 with the same id bookkeeping), so the broker does not resend
+# it forever.  It is counted in `oversize` and logged.  Any other oversize packet
+# raises PacketTooLarge.
 
 from .codec import MQTTException, ProtocolError, MalformedPacket, name, put_publish, packet, connect_packet, \
-    check_utf8
+    utf8_error, check_topic
 from .compat import const, ticks_diff, ticks_add
 
 # Packet types: the first byte without its flags [MQTT-2.2.1] (const copies, see codec.py)
@@ -62,6 +70,7 @@ PONG = const(5)        # (PONG,)
 SENDER = {
     _AWAIT_PUBACK << 8 | _PUBACK: 0,
     _AWAIT_PUBREC << 8 | _PUBREC: _AWAIT_PUBCOMP,
+    _AWAIT_PUBREC << 8 | _PUBACK: 0,  # QoS 2 downgraded by the broker: complete, never resend
     _AWAIT_PUBCOMP << 8 | _PUBCOMP: 0,
     _AWAIT_PUBCOMP << 8 | _PUBREC: _AWAIT_PUBCOMP,
 }
@@ -99,12 +108,15 @@ class Session:
         self.ack_timeout_ms = ack_timeout_ms  # 0: no ack deadline
         self.retries = retries  # in-session resends of a QoS 1 PUBLISH or a PUBREL
         self.trace = None  # callable(str) to log every packet, or None
+        self.log = None    # callable(str) for the rare events below, or None
         self.tx = bytearray(256)  # tx[txoff:txn] is waiting to be written
         self.rx = bytearray(256)
         self._rxview = memoryview(self.rx)
         self.keepalive_ms = self._last_tx = 0
         self.resends = 0  # in-session resends so far (for reports)
         self.completed = 0     # outgoing QoS 1/2 messages acknowledged (PUBACK/PUBCOMP)
+        self.downgraded = 0    # of those, QoS 2 messages the broker answered with PUBACK
+        self.oversize = 0      # inbound PUBLISH over max_packet: skipped and acknowledged
         self._clean = True
         self.reset()
 
@@ -114,6 +126,8 @@ class Session:
         self.open = False       # CONNECT sent, DISCONNECT not sent
         self.txoff = self.txn = self._rxoff = self._rxn = 0
         self._need = 0          # size of the packet being received (see rx_space)
+        self._skip = 0          # bytes of an oversize PUBLISH still to drop
+        self._big = None        # [first byte, size, topic, pid, rest] of that PUBLISH
         self.inflight = 0       # store entries sent on this connection
         self.pending = {}       # SUBSCRIBE/UNSUBSCRIBE id -> number of filters (0 = unsubscribe)
         self.shed = 0           # inbound QoS 2 PUBLISH left unacknowledged: store full
@@ -225,10 +239,8 @@ class Session:
 
         QoS 1/2 are sent at once while fewer than `window` are in flight, else queued
         (the caller should wait for `window_full()` to clear to bound its memory)."""
-        topic = _b(topic)
+        topic = check_topic(topic, False)  # TopicError before anything is stored or sent
         msg = _b(msg)
-        if not topic or len(topic) > 65535:
-            raise ValueError("empty or too long topic")  # [MQTT-4.7.3-1], [MQTT-1.5.3]
         if qos not in (0, 1, 2):
             raise ValueError("qos must be 0, 1 or 2")
         if len(topic) + len(msg) + (4 if qos else 2) > 268435455:
@@ -257,16 +269,15 @@ class Session:
         """topics = [(filter, qos), ...]; returns the packet id to match with SUBACKED."""
         f = []
         for t, q in topics:
-            t = _b(t)
-            if not t or q not in (0, 1, 2):
-                raise ValueError("bad topic filter or qos")
-            f += (t, q)
+            if q not in (0, 1, 2):
+                raise ValueError("qos must be 0, 1 or 2")
+            f += (check_topic(t, True), q)
         return self._request(_SUBSCRIBE | 2, f, len(topics), now)  # flags 0b0010 [MQTT-3.8.1-1]
 
     def unsubscribe(self, topics, now):
         f = []
         for t in topics:
-            f.append(_b(t))
+            f.append(check_topic(t, True))
         return self._request(_UNSUBSCRIBE | 2, f, 0, now)  # flags 0b0010 [MQTT-3.10.1-1]
 
     def _request(self, first, fields, n, now):
@@ -378,9 +389,29 @@ class Session:
         packet is buffered.  Raises ProtocolError on anything the broker may not send."""
         rx = self.rx
         while True:
-            # fixed header [MQTT-2.2.3], decoded inline: no tuple per packet
             pos = self._rxoff
             end = self._rxn
+            if self._skip:  # an oversize PUBLISH: drop its bytes as they arrive
+                k = min(self._skip, end - pos)
+                self._rxoff = pos = pos + k
+                self._skip -= k
+                if self._skip:
+                    return None
+            big = self._big
+            if big:
+                if big[3] < 0:  # its packet id follows the topic just dropped
+                    if end - pos < 2:
+                        return None
+                    big[3] = rx[pos] << 8 | rx[pos + 1]
+                    if not big[3]:
+                        raise MalformedPacket("PUBLISH with packet id 0")  # [MQTT-2.3.1-1]
+                    self._rxoff = pos + 2
+                    self._skip = big[4]
+                else:
+                    self._big = None
+                    self._skipped(big, now)
+                continue
+            # fixed header [MQTT-2.2.3], decoded inline: no tuple per packet
             if end - pos < 2:
                 return None
             rem = 0
@@ -399,7 +430,22 @@ class Session:
                     raise MalformedPacket("remaining length over 4 bytes")
             n = i - pos + rem
             if n > self.max_packet:
-                raise PacketTooLarge("%s of %d bytes, max_packet %d" % (name(rx[pos]), n, self.max_packet))
+                if rx[pos] & 0xF0 != _PUBLISH:
+                    raise PacketTooLarge("%s of %d bytes, max_packet %d" % (name(rx[pos]), n, self.max_packet))
+                # Buffer only the head: the topic length, then topic and id if they fit
+                # in max_packet (else _on_publish drops the topic unseen).
+                h = i - pos + 2
+                if end - pos >= h:
+                    k = h + (rx[i] << 8 | rx[i + 1]) + (2 if rx[pos] & 6 else 0)
+                    if k <= self.max_packet:
+                        h = k
+                if end - pos < h:
+                    self._need = h
+                    return None
+                if not self.connected:
+                    raise ProtocolError("first packet is PUBLISH, not CONNACK")  # [MQTT-3.2.0-1]
+                self._on_publish(rx[pos], pos, i, rem, now, True)
+                continue
             if pos + n > end:
                 self._need = n
                 return None
@@ -416,7 +462,7 @@ class Session:
         if not self.connected and t != _CONNACK:
             raise ProtocolError("first packet is %s, not CONNACK" % name(first))  # [MQTT-3.2.0-1]
         if t == _PUBLISH:
-            return self._on_publish(first, pos, p, rem, now)
+            return self._on_publish(first, pos, p, rem, now, False)
         if t in (0, 0x10, _SUBSCRIBE, _UNSUBSCRIBE, _PINGREQ, _DISCONNECT, 0xF0):
             raise ProtocolError("broker sent %s, which only a client may send" % name(first))
         if flags != (2 if t == _PUBREL else 0):
@@ -475,11 +521,13 @@ class Session:
         slots = store.ordered()
         if not sp:
             # The broker has no session: it holds none of our ids and will send no
-            # PUBREL.  Stored messages are re-sent as new publications (3.1.1 leaves
-            # this open; dropping them would lose accepted messages).
+            # PUBREL.  Messages not yet PUBREC'd are re-sent as new publications (3.1.1
+            # leaves this open; dropping them would lose accepted messages).  A QoS 2
+            # message that got its PUBREC keeps AWAIT_PUBCOMP and gets its PUBREL again:
+            # its PUBLISH is never sent twice [MQTT-4.3.3-1] (the broker may have
+            # forwarded it already), and a broker answers PUBCOMP to a PUBREL for an
+            # id it does not know (Mosquitto does), which completes it.
             store.clear_inbound()
-            for i in slots:
-                store.set_state(i, _AWAIT_PUBACK if store.qos[i] == 1 else _AWAIT_PUBREC)
         # Resend what the store holds, in original order [MQTT-4.4.0-1][MQTT-4.6.0-1]:
         # with DUP=1 and the same id when the broker kept the session.
         for i in slots:
@@ -534,6 +582,10 @@ class Session:
                 self.inflight += 1
             self._arm(now)
             return None
+        if state == _AWAIT_PUBREC:  # PUBACK for QoS 2 (see SENDER): the broker took it at QoS 1
+            self.downgraded += 1
+            if self.downgraded == 1 and self.log:
+                self.log("QoS 2 PUBLISH %d got PUBACK: the broker downgraded QoS 2 to 1 (taken as done)" % pid)
         if s.sent[i]:
             self.inflight -= 1
         s.remove(i)
@@ -547,7 +599,8 @@ class Session:
                 self._send_slot(j, now)
         return None
 
-    def _on_publish(self, first, pos, p, rem, now):
+    def _on_publish(self, first, pos, p, rem, now, big):
+        """A PUBLISH; big: over max_packet, only its head is buffered (see next_event)."""
         qos = first >> 1 & 3
         dup = first & 8
         rx = self.rx
@@ -562,10 +615,18 @@ class Session:
         mp = t0 + tl + (2 if qos else 0)  # the payload
         if mp > p + rem:
             raise MalformedPacket("PUBLISH too short")  # topic (and id) overrun the packet
+        if big and mp > self._rxn:
+            # even its topic is over max_packet: drop the topic unseen, then read the id
+            self._rxoff = t0
+            self._skip = tl if qos else p + rem - t0
+            self._big = [first, p - pos + rem, None, -qos, p + rem - mp]
+            return None
         topic = bytes(rx[t0 : t0 + tl])
         if not tl:
             raise MalformedPacket("PUBLISH with empty topic")  # [MQTT-4.7.3-1]
-        check_utf8(topic)
+        e = utf8_error(topic)
+        if e:
+            raise MalformedPacket("topic " + e)
         if b"+" in topic or b"#" in topic:
             raise MalformedPacket("PUBLISH topic has a wildcard")  # [MQTT-3.3.2-2]
         pid = 0
@@ -573,9 +634,14 @@ class Session:
             pid = rx[mp - 2] << 8 | rx[mp - 1]
             if not pid:
                 raise MalformedPacket("%s with packet id 0" % name(first))  # [MQTT-2.3.1-1]
-        msg = bytes(rx[mp : p + rem])
         if self.trace:
-            self._tr("<", rx, pos, p + rem)
+            self._tr("<", rx, pos, p + rem)  # reads only the head: fine for a big one
+        if big:
+            self._rxoff = mp
+            self._skip = p + rem - mp
+            self._big = [first, p - pos + rem, topic, pid, 0]
+            return None
+        msg = bytes(rx[mp : p + rem])
         if qos == 2:
             if pid in self.store.inbound:
                 self._ack(_PUBREC, pid, now)  # already delivered: PUBREC only [MQTT-4.3.3-2]
@@ -587,6 +653,27 @@ class Session:
                 self.shed += 1
                 return None
         return (MESSAGE, topic, msg, qos, bool(first & 1), bool(dup), pid)
+
+    def _skipped(self, big, now):
+        """The last byte of an oversize PUBLISH went by: acknowledge it per its QoS
+        [MQTT-4.5.0-2] (else the broker resends it after every reconnect, forever), with
+        the usual exactly-once bookkeeping for QoS 2 [MQTT-4.3.3-2]; count and log it."""
+        qos = big[0] >> 1 & 3
+        pid = big[3]
+        self.oversize += 1
+        if self.log:
+            self.log("skipped a QoS %d PUBLISH of %d bytes (over max_packet %d), topic %s" % (
+                qos, big[1], self.max_packet, big[2].decode() if big[2] else "too long to show"))
+        if qos == 2:
+            st = self.store
+            if pid not in st.inbound:
+                if not st.in_room():
+                    self.shed += 1  # as in _on_publish: the broker resends it later
+                    return
+                st.in_add(pid)
+            self._ack(_PUBREC, pid, now)
+        elif qos:
+            self._ack(_PUBACK, pid, now)
 
     def acknowledge(self, ev, now):
         """Acknowledge a delivered MESSAGE event [MQTT-4.5.0-2]; call after the app has
