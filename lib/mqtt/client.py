@@ -156,31 +156,35 @@ class MQTTClient:
         QoS 0 messages are dropped while the link is down (at most once; counted)."""
         sess = self.session
         store = self.store
-        if not self._up(0):
-            check_topic(topic, False)  # before dropping, waiting or storing
-            if qos == 0:
-                if not (self.reconnect or self._down):
+        while True:
+            if not self._up(0):
+                check_topic(topic, False)  # before dropping, waiting or storing
+                if qos == 0:
+                    if not (self.reconnect or self._down):
+                        self._check()
+                    self.dropped += 1
+                    return 0
+                if not (self.reconnect or getattr(store, "persistent", False)):
                     self._check()
-                self.dropped += 1
-                return 0
-            if not (self.reconnect or getattr(store, "persistent", False)):
-                self._check()
-            start = ticks_ms()
-            while store.count >= store.capacity and not self._up(0):
-                left = self._left(start, self.timeout_ms)
-                if left <= 0:
-                    raise StoreFull("store full (%d messages) and no connection" % store.count)
-                self._sleep_until_retry(left)
-            if not self.is_connected():
-                return sess.publish(topic, msg, qos, retain, ticks_ms())
-        if qos and sess.window_full():
-            start = ticks_ms()
-            while sess.window_full() and self.is_connected():
-                left = self._left(start, self.timeout_ms)
-                if left <= 0:
-                    self._link_lost(ConnectionLost("timed out waiting for the in-flight window"))
-                    break
-                self._guard(self._pump, left)
+                start = ticks_ms()
+                while store.count >= store.capacity and not self._up(0):
+                    left = self._left(start, self.timeout_ms)
+                    if left <= 0:
+                        raise StoreFull("store full (%d messages) and no connection" % store.count)
+                    self._sleep_until_retry(left)
+                if not self.is_connected():
+                    return sess.publish(topic, msg, qos, retain, ticks_ms())
+            if qos and sess.window_full():
+                start = ticks_ms()
+                while sess.window_full() and self.is_connected():
+                    left = self._left(start, self.timeout_ms)
+                    if left <= 0:
+                        self._link_lost(ConnectionLost("timed out waiting for the in-flight window"))
+                        break
+                    self._guard(self._pump, left)
+                if not self.is_connected() and (self.reconnect or getattr(store, "persistent", False)):
+                    continue  # the link went while we waited: take the way for a link that is down
+            break
         pid = sess.publish(topic, msg, qos, retain, ticks_ms())
         if self.sock is not None:
             try:  # inline, not _guard: no bound method or tuple per message
@@ -425,8 +429,9 @@ class MQTTClient:
         if self.sock is None:
             raise MQTTException("not connected")
 
-    def _close(self, e=None):
-        """Drop the socket (no DISCONNECT, so the will fires); then raise e if given."""
+    def _close(self, e=None, by_broker=False):
+        """Drop the socket (no DISCONNECT, so the will fires); then raise e if given.
+        by_broker: the broker ended the connection (for the poison rule, Session.link_ended)."""
         if self.sock is not None:
             try:
                 self.sock.close()
@@ -436,6 +441,7 @@ class MQTTClient:
         sess = self.session
         if sess.connected:  # for the back-off rule (see _go_down)
             self._healthy = ticks_diff(ticks_ms(), self._up_at) >= self.backoff.cap_ms
+        sess.link_ended(by_broker, ticks_ms())
         sess.reset()
         self._att = self._stall = None
         if e:
@@ -450,7 +456,7 @@ class MQTTClient:
             try:
                 k = compat.send(self.sock, sess.tx, sess.txoff, sess.txn - sess.txoff)
             except OSError as e:
-                self._close(ConnectionLost("send failed: %s" % e))
+                self._close(ConnectionLost("send failed: %s" % e), compat.is_reset(e))
             if k:
                 sess.written(k)
                 self._stall = None
@@ -536,9 +542,9 @@ class MQTTClient:
             try:
                 n = compat.recv_into(self.sock, sess.rx_space())
             except OSError as e:
-                self._close(ConnectionLost("receive failed: %s" % e))
+                self._close(ConnectionLost("receive failed: %s" % e), compat.is_reset(e))
             if n == 0:
-                self._close(ConnectionLost("connection closed by broker"))
+                self._close(ConnectionLost("connection closed by broker"), True)
             if n < 0:  # would block
                 self._flush_tx(ticks_ms(), 0)  # the acks: what the socket takes now
                 if sess.shed:

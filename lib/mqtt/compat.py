@@ -35,6 +35,11 @@ else:
         time.sleep(ms / 1000)
 
 
+def is_reset(e):
+    """The peer closed or reset the connection (an OSError from a socket call)."""
+    return (e.errno if hasattr(e, "errno") else e.args[0]) in (errno.ECONNRESET, getattr(errno, "EPIPE", 32))
+
+
 def unload(name):
     """Forget a module that ran once (the ring's recovery at boot), so that on a small
     heap its code is garbage once nothing else refers to it.  CPython: nothing to gain."""

@@ -98,6 +98,10 @@ def _b(s):
     return s.encode() if isinstance(s, str) else s
 
 
+POISON_STRIKES = const(5)  # see Session.link_ended
+POISON_MS = const(2000)
+
+
 class Session:
     def __init__(self, store, window=16, max_packet=16384, ping_timeout_ms=0,
                  ack_timeout_ms=10000, retries=1):
@@ -117,6 +121,8 @@ class Session:
         self.completed = 0     # outgoing QoS 1/2 messages acknowledged (PUBACK/PUBCOMP)
         self.downgraded = 0    # of those, QoS 2 messages the broker answered with PUBACK
         self.oversize = 0      # inbound PUBLISH over max_packet: skipped and acknowledged
+        self.held = 0          # stored messages set aside as poison (see link_ended)
+        self._strike = None    # [order, count]: the poison candidate (see link_ended)
         self._clean = True
         self.reset()
 
@@ -133,6 +139,9 @@ class Session:
         self.shed = 0           # inbound QoS 2 PUBLISH left unacknowledged: store full
         self._ping_at = None
         self._deadline = None   # earliest ack deadline of anything in flight
+        self._head = 0          # order of the first stored PUBLISH sent on this connection
+        self._head_at = 0       # when it was sent
+        self._heard = False     # the broker answered anything after it (see link_ended)
         s = self.store
         for i in range(s.capacity):
             s.sent[i] = False
@@ -254,12 +263,17 @@ class Session:
             topic = bytes(topic)
         pid = self.store.next_pid(self.pending)
         i = self.store.add(pid, qos, retain, topic, msg)
-        if self.connected and self.inflight < self.window:
+        if self.connected and self.inflight < self._win():
             self._send_slot(i, now)
         return pid
 
+    def _win(self):
+        # While a poison candidate is under test it goes out alone (see link_ended):
+        # a reset can wipe the acks of whatever shared its connection.
+        return 1 if self._strike else self.window
+
     def window_full(self):
-        return self.inflight >= self.window
+        return self.inflight >= self._win()
 
     def busy(self):
         """Anything still owed in either direction (outgoing store or inbound QoS 2)."""
@@ -381,6 +395,45 @@ class Session:
             self._rxview = memoryview(new)
         return self._rxview[n:]
 
+    def link_ended(self, by_broker, now):
+        """The connection is gone (call before reset).  Poison rule: a stored message
+        the broker cannot take (too big for it, refused by a plugin) makes it close the
+        link each time it arrives, which would block the queue behind it forever.  A
+        connection counts as a strike against message M when the broker closed it
+        (EOF or reset) after accepting the CONNECT, M was the first stored PUBLISH sent
+        on it, the close came within POISON_MS of sending M, and nothing the broker sent
+        after M answered anything.  POISON_STRIKES strikes in a row against the same M
+        (any other ending, or M acknowledged, starts over) and M is held: kept in the
+        store, out of the queue, counted in self.held and logged (store.release() or
+        tools/ringdump.py --release put it back).  While M has strikes it is sent alone,
+        so the messages that shared its connection are not blamed for it (a reset can
+        wipe their acks).  A link that merely flaps would have to die inside the one
+        round trip after the first PUBLISH, every time in a row."""
+        if not self.connected:
+            return  # no connection was up (an attempt failed, or this one was counted)
+        o = self._head
+        if not (by_broker and o and not self._heard and ticks_diff(now, self._head_at) <= POISON_MS):
+            self._strike = None
+            return
+        st = self._strike
+        if st and st[0] == o:
+            st[1] += 1
+        else:
+            st = self._strike = [o, 1]
+        if st[1] < POISON_STRIKES:
+            return
+        self._strike = None
+        s = self.store
+        for i in range(s.capacity):
+            if s.pid[i] and s.seq[i] == o and s.state[i] != _AWAIT_PUBCOMP:
+                if self.log:
+                    t = s.topic[i]
+                    self.log("message %d held (topic %s): the broker closed the link the last %d times it "
+                             "got it" % (o, t.decode() if isinstance(t, bytes) else t, POISON_STRIKES))
+                s.hold(i)
+                self.held += 1
+                return
+
     def received(self, n):
         self._rxn += n
 
@@ -471,6 +524,9 @@ class Session:
             raise MalformedPacket("%s with remaining length %d" % (name(first), rem))
         if self.trace:
             self._tr("<", rx, pos, p + rem)
+        self._heard = True  # an answer to something we sent (PUBLISH above is unsolicited)
+        if self._strike and self._strike[0] == self._head:
+            self._strike = None  # the candidate went through: not poison
         if t == _PINGRESP:
             self._ping_at = None
             return (PONG,)
@@ -533,7 +589,7 @@ class Session:
         for i in slots:
             store.dup[i] = bool(sp)
         for i in slots:
-            if self.inflight >= self.window:
+            if self.inflight >= self._win():
                 break  # the rest follow, in order, as acks free the window
             self._send_slot(i, now)
         return (CONNECTED, 0, sp)
@@ -549,6 +605,10 @@ class Session:
                 msg = s.load(i)  # a flash store may keep payloads on the medium only
             self._publish(s.topic[i], msg, s.qos[i], s.retain[i], s.dup[i], pid, now)
             s.dup[i] = True
+            if not self._head:
+                self._head = s.seq[i]
+                self._head_at = now
+                self._heard = False
         s.sent[i] = True
         s.sent_at[i] = now
         self.inflight += 1
@@ -592,7 +652,7 @@ class Session:
         self.completed += 1
         if s.count > self.inflight and self.connected:
             # A store larger than the window has queued messages: send the oldest.
-            while self.inflight < self.window:
+            while self.inflight < self._win():
                 j = s.oldest_unsent()
                 if j < 0:
                     break
