@@ -17,6 +17,7 @@ from brokerctl import Mosquitto, free_port, wait_port  # noqa: E402,F401
 LIB = ROOT / "lib"
 MQTTC = ROOT / "tools" / "mqttc.py"
 MICROPYTHON = Path(os.environ.get("MICROPYTHON") or ROOT / "build" / "bin" / "micropython")
+MICROPYTHON32 = Path(os.environ.get("MICROPYTHON32") or ROOT / "build" / "bin" / "micropython32")
 UMQTT_DIR = Path(os.environ.get("UMQTT_DIR") or ROOT / "build" / "umqtt")
 HEAP = "128K"  # an ESP32-like heap budget
 MPY_DIR = ROOT / "build" / "mpy"  # lib/ precompiled, as deployed to a device

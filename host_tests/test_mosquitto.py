@@ -283,6 +283,7 @@ c.disconnect()
 def test_publish_refuses_fields_mqtt_cannot_encode_and_copies_mutable_buffers(rt):
     """A topic over 65535 bytes raises ValueError (MicroPython would otherwise wrap the
     length silently); a bytearray topic/payload is copied before it is stored."""
+    rt.heap = "512K"  # 64 KB topics and payloads: validation, not a memory budget
     out = ok(rt.run("""
 from mqtt.session import Session
 from mqtt.store import MemoryStore

@@ -353,9 +353,11 @@ for k in range(30):
     st.add(st.next_pid(), 1 + k % 2, False, b"geo/t", b"m%02d" % k + b"x" * 1500)
 st.close()
 # reopened with a quarter of the size and half the capacity: nothing is dropped
-st = RingStore(path, 4 * SECTOR, capacity=16)
+warned = []
+st = RingStore(path, 4 * SECTOR, capacity=16, log=warned.append)
 got = [bytes(m[5][:3]) for m in st.outbox()]
 assert got == [b"m%02d" % k for k in range(30)], got
+assert len([w for w in warned if "kept whole" in w]) == 1, warned
 assert st.journal.nsec == 16 and st.capacity >= 30, (st.journal.nsec, st.capacity)
 print("NOTES", st.journal.reasons)
 # the outbox: drop one by its order, the rest stay in order

@@ -186,6 +186,7 @@ def test_bad_topic_names_and_filters_raise_topic_error_with_the_same_message(rt)
     well-formed UTF-8 without U+0000 [MQTT-1.5.3-1/2]; filters: "#" last and alone in its
     level, "+" alone in its level [MQTT-4.7.1-2/3].  One exception class, a ValueError,
     and the same text on both runtimes; nothing is stored."""
+    rt.heap = "512K"  # 64 KB topics and payloads: validation, not a memory budget
     lines = ok(rt.run(TOPICS)).splitlines()
     assert lines == TOPIC_VERDICTS
 
@@ -230,6 +231,7 @@ def test_bad_topics_raise_before_anything_is_stored_or_sent_also_while_down(rt, 
     """Neither the broker nor the store ever sees a bad topic: the link stays up, the next
     good publication goes out; while the link is down nothing is queued.  A payload that
     can never fit the ring raises ValueError too."""
+    rt.heap = "512K"  # 64 KB topics and payloads: validation, not a memory budget
     arg = str(tmp_path / "topics.ring") if store == "ring" else ""
     with FakeBroker() as fb, client(rt, CHECKED, fb.port, arg) as ch:
         c = fb.accept()

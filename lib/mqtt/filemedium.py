@@ -19,6 +19,8 @@ class FileMedium:
         self.fresh = length <= 0
         # never shrink: a smaller ring size would drop whatever the last sectors hold
         self.sectors = max(sectors, (self.length + SECTOR - 1) // SECTOR)
+        self.note = None if self.sectors == sectors else \
+            "%s holds %d sectors, more than ring_size asks (%d): kept whole" % (path, self.sectors, sectors)
         try:
             self._f = open(path, "r+b" if length >= 0 else "w+b")
         except OSError as e:

@@ -32,6 +32,8 @@ class LogMedium:
                 raise RingError("%s holds %s: not a ring directory" % (path, name))
             n = max(n, int(name) + 1)  # never shrink
         self.sectors = n
+        self.note = None if n == sectors else \
+            "%s holds %d sectors, more than ring_size asks (%d): kept whole" % (path, n, sectors)
         self._w = None   # the sector file being appended to
         self._ws = -1    # its sector
         self._wlen = 0   # its length

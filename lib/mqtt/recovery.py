@@ -111,6 +111,8 @@ def scan(read, buf, visit):
 
 def recover(self):
     """Rebuild ring `self` (a ring.Ring, its index attached) from its medium."""
+    if getattr(self.m, "note", None):
+        self.log and self.log("ring: " + self.m.note)  # the one warning: geometry kept
     m = self.m
     hdr = bytearray(SEC_HDR)
     self._scratch = bytearray(64)  # recovery reads in small pieces: no sector-sized buffer
