@@ -9,7 +9,7 @@ import json
 DEFAULTS = {
     "wifi": {"retries": 5, "timeout_s": 15},
     "mqtt": {"client_id": "sensor-{uid}", "keepalive": 60, "topic_prefix": "sensors/{uid}",
-             "qos": 1, "backoff_max_ms": 10000},
+             "qos": 1, "backoff_max_ms": 10000, "max_packet": 4096},
     "ring": {"capacity": 64},
     "watchdog": {"timeout_ms": 30000},
     "power": {"mode": "always-on", "flush_budget_ms": 5000},
@@ -195,7 +195,7 @@ def apply_defaults(cfg):
     m = cfg["mqtt"]
     if "port" not in m:
         m["port"] = 8883 if "tls" in m else 1883
-    for k in ("port", "keepalive", "qos", "backoff_max_ms"):
+    for k in ("port", "keepalive", "qos", "backoff_max_ms", "max_packet"):
         m[k] = int(m[k])
     cfg["ring"]["size"] = int(cfg["ring"]["size"])
     cfg["ring"]["capacity"] = int(cfg["ring"]["capacity"])

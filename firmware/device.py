@@ -49,6 +49,8 @@ class Device:
         self._poll = None
         self._polled = None
         self.was_up = False
+        self.last_why = None   # the last link failure, and how often it repeated in a row
+        self.repeats = 0
         self.subscribed = False
         self.reboot = False
         self.accepted = 0      # QoS 1/2 messages accepted into the ring this boot
@@ -84,10 +86,11 @@ class Device:
             ring_size=ring_size, ring_capacity=r["capacity"], reconnect=True,
             # A window larger than the ring's capacity would make publish() raise StoreFull
             # while connected instead of waiting for acks.
-            window=min(16, r["capacity"]),
+            window=min(16, r["capacity"]), max_packet=m["max_packet"],
             timeout_ms=self.step_ms, ack_timeout_ms=self.step_ms, retries=1, backoff_ms=250,
             backoff_cap_ms=min(m["backoff_max_ms"], self.step_ms),
-            trace=(lambda line: log("mqtt: " + line)) if self.trace else None)
+            trace=(lambda line: log("mqtt: " + line)) if self.trace else None,
+            log=lambda line: log("mqtt: " + line))  # rare events: oversize skipped, held, ...
         c.set_callback(self.on_message)
         c.set_last_will(self.t_status, b"offline", True, 1)
         self.at_boot = c.in_flight()
@@ -115,11 +118,20 @@ class Device:
             self.on_up()
         elif not up and self.was_up:
             self.was_up = False
-            log("mqtt: link lost (%s); readings go to the ring" % self.client.last_error)
+            why = str(self.client.last_error)
+            # the same failure on every connection is reported once, then with a count
+            # at 2, 4, 8, ... repeats: a storm must not flood the log (or the flash)
+            self.repeats = self.repeats + 1 if why == self.last_why else 0
+            self.last_why = why
+            n = self.repeats
+            if not n:
+                log("mqtt: link lost (%s); readings go to the ring" % why)
+            elif not n & (n - 1):
+                log("mqtt: link lost again, the same way, %d times in a row (%s)" % (n + 1, why))
 
     def on_up(self):
         c = self.client
-        if c.reconnects:
+        if c.reconnects and not self.repeats:
             log("mqtt: re-connected (%d so far), %d unsent in the ring" % (c.reconnects, c.in_flight()))
         try:
             self.publish(self.t_status, "online", 1, retain=True)

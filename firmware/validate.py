@@ -317,7 +317,7 @@ def _partition_label(c, label, chip):
 
 def _mqtt(c, m):
     keys = ("broker", "port", "tls", "client_id", "keepalive", "topic_prefix", "qos", "user",
-            "password", "backoff_max_ms")
+            "password", "backoff_max_ms", "max_packet")
     if not c.obj("mqtt", m, keys, ("broker",)):
         return
     if "broker" in m:
@@ -352,6 +352,8 @@ def _mqtt(c, m):
         c.str_("mqtt.password", m["password"], 0, 256)
     if "backoff_max_ms" in m:
         c.int_("mqtt.backoff_max_ms", m["backoff_max_ms"], 1000, 600000)
+    if "max_packet" in m:
+        c.int_("mqtt.max_packet", m["max_packet"], 256, 262144)
 
 
 def _sensor(c, path, name, s, chip):

@@ -94,4 +94,4 @@ def test_a_flapping_link_never_holds_a_good_message(rt, broker, peer_factory, tm
     assert "FLUSHED True" in out and "HELD 0" in out, out
     got = p.wait_for(1000, timeout=30)
     assert sorted(set(m[1] for m in got)) == [b"f%04d" % k for k in range(1000)]
-    assert cuts > 20, cuts
+    assert cuts >= 10, cuts
