@@ -48,7 +48,7 @@ export MICROPYTHON := $(CURDIR)/build/bin/micropython
 export MICROPYTHON32 := $(CURDIR)/build/bin/micropython32
 export UMQTT_DIR := $(CURDIR)/build/umqtt
 
-.PHONY: help setup apt venv micropython micropython32 umqtt mpy test run demo clean distclean
+.PHONY: help setup apt venv micropython micropython32 umqtt mpy mip test run demo clean distclean
 
 help: ## List the targets
 	@echo "usage: make TARGET   (cache: $(CACHE_DIR))"
@@ -104,6 +104,9 @@ umqtt: $(UMQTT_FILES) ## micropython-lib umqtt.simple 1.3.4 (sha256-checked) in 
 $(UMQTT_FILES) &: tools/setup/fetch_umqtt.py | $(VENV)/bin/python
 	$(PYTHON) tools/setup/fetch_umqtt.py --cache-dir "$(CACHE_DIR)" --dest build/umqtt \
 		--pip-python $(VENV)/bin/python
+
+mip: $(VENV_STAMP) ## Rebuild mip/ (the library as .mpy for `mip install github:OWNER/REPO/mip/package.json`)
+	$(VENV)/bin/python tools/build_mip.py
 
 mpy: $(VENV_STAMP) ## Precompile lib/mqtt to .mpy in build/mpy (what the unix port and a device load)
 	$(VENV)/bin/python tools/build_mpy.py
