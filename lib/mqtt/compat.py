@@ -92,7 +92,10 @@ def open_tcp(host, port, timeout_ms):
         raise
 
 
-_quickack = [True]  # cleared once the stack refuses TCP_QUICKACK (not Linux)
+# TCP_QUICKACK is Linux's alone.  lwIP (ESP32) does not raise for an option it lacks: it
+# prints "Warning: lwip.setsockopt() option not implemented" on every call
+# (ports/esp32/modsocket.c), so elsewhere it is never even tried.
+_quickack = [sys.platform == "linux"]  # cleared if a Linux kernel refuses it too
 
 
 def ack_now(s):
@@ -106,15 +109,38 @@ def ack_now(s):
             _quickack[0] = False
 
 
+class TLSError(OSError):
+    """TLS cannot start: a CA, client certificate or key file is missing or not a valid
+    certificate/key, or the broker's certificate failed the check.  An OSError, so code
+    that handles unreachable brokers (and reconnect=True) handles it too; str(e) is the
+    same sentence on CPython and MicroPython."""
+
+
+_told = [False]  # the "nobody is authenticated" warning is printed once per process
+
+
+def _readable(path, what):
+    """Fail early, with one message for both runtimes, when a file cannot be read."""
+    if isinstance(path, str):
+        try:
+            open(path, "rb").close()
+        except OSError:
+            raise TLSError("TLS: cannot read the %s file %s" % (what, path))
+
+
 def wrap_tls(s, server, params, timeout_ms):
     """Wrap a connected socket in TLS and return it non-blocking (the handshake runs
     blocking, bounded by timeout_ms).  params (umqtt's ssl_params, extended):
       cafile / cadata  - CA to verify the broker with (hostname included)
       server_hostname  - name to verify and send as SNI (default: server)
-      certfile/keyfile or cert/key - client certificate
+      certfile/keyfile or cert/key - client certificate and its key: paths (MicroPython
+                         also takes the data as bytes); without a key the certificate
+                         file must hold the private key too
       cert_reqs        - ssl.CERT_NONE to skip verification
       context          - an SSLContext to use as it is
-    Without a CA the link is encrypted but the broker is not authenticated."""
+    Without a CA the link is encrypted but the broker is not authenticated (umqtt's
+    behaviour): a warning says so once.  Raises TLSError (an OSError) for a missing or
+    bad certificate or key and for a broker that fails the check."""
     import ssl
 
     ctx = params.get("context")
@@ -122,19 +148,40 @@ def wrap_tls(s, server, params, timeout_ms):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ca = params.get("cafile")
         cadata = params.get("cadata")
-        if not (ca or cadata) or params.get("cert_reqs", ssl.CERT_REQUIRED) == ssl.CERT_NONE:
+        none = params.get("cert_reqs", ssl.CERT_REQUIRED) == ssl.CERT_NONE
+        if not (ca or cadata) or none:
             if not MICROPYTHON:
                 ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
+            if not (none or _told[0]):  # an explicit CERT_NONE is a choice, not an oversight
+                _told[0] = True
+                sys.stderr.write("mqtt: warning: TLS without a CA (ssl_params cafile/cadata):"
+                                 " the broker is not authenticated\n")
         else:
             ctx.verify_mode = ssl.CERT_REQUIRED
-            if ca:
-                ctx.load_verify_locations(cafile=ca)
-            else:
-                ctx.load_verify_locations(cadata=cadata)
+            _readable(ca, "CA")
+            try:
+                if ca:
+                    ctx.load_verify_locations(cafile=ca)
+                else:
+                    ctx.load_verify_locations(cadata=cadata)
+            except (OSError, ValueError):  # ssl.SSLError is an OSError
+                raise TLSError("TLS: the CA %s holds no valid certificate" % (ca or "data"))
         cert = params.get("certfile") or params.get("cert")
         if cert:
-            ctx.load_cert_chain(cert, params.get("keyfile") or params.get("key"))
+            # MicroPython's load_cert_chain needs the key (None is a TypeError there);
+            # CPython reads it from the certificate file when it is None - do that on both.
+            key = params.get("keyfile") or params.get("key") or cert
+            _readable(cert, "client certificate")
+            _readable(key, "client key")
+            try:
+                ctx.load_cert_chain(cert, key)
+            except (OSError, ValueError):
+                raise TLSError("TLS: cannot load the client certificate %s with its key %s"
+                               " (not a PEM/DER certificate and its private key?)" % (
+                                   cert if isinstance(cert, str) else "data",
+                                   ("(in the certificate file)" if key is cert else
+                                    key if isinstance(key, str) else "data")))
     s.setblocking(True)
     s.settimeout(timeout_ms / 1000)
     try:
@@ -142,7 +189,7 @@ def wrap_tls(s, server, params, timeout_ms):
     except ValueError as e:
         # MicroPython reports a failed verification as ValueError; make it an OSError
         # like CPython's SSLCertVerificationError, so callers catch one kind.
-        raise OSError("TLS handshake failed: %s" % e)
+        raise TLSError("TLS handshake failed: %s" % e)
     t.setblocking(False)
     return t
 
