@@ -34,7 +34,8 @@ class DHT(Sensor):
         self.at = 0
 
     def _read(self, seq):
-        if self.last is None or ticks_diff(ticks_ms(), self.at) >= self.min_ms:
+        # a negative age is a measurement 2^29+ ms old seen through the tick wrap: stale too
+        if self.last is None or not 0 <= ticks_diff(ticks_ms(), self.at) < self.min_ms:
             self.dev.measure()  # raises OSError (ETIMEDOUT) when the sensor does not answer
             self.at = ticks_ms()
             self.last = {"t": self.dev.temperature(), "h": self.dev.humidity()}

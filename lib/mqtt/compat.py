@@ -35,6 +35,27 @@ else:
         time.sleep(ms / 1000)
 
 
+_TICKS = (ticks_ms, ticks_diff, ticks_add)  # the platform's (MicroPython: time's)
+
+
+def set_clock(ms, diff, add):
+    """Replace the tick source: ticks_ms, ticks_diff and ticks_add (tests: a 30-bit clock
+    started just before it wraps, as an ESP32's does every 2^30 ms).  Rebinds them here and
+    in every loaded module that imported them by name from here or from MicroPython's time;
+    modules imported later take the new ones from here."""
+    g = globals()
+    for i, name, new in ((0, "ticks_ms", ms), (1, "ticks_diff", diff), (2, "ticks_add", add)):
+        old = g[name]
+        for m in list(sys.modules.values()):
+            try:
+                f = getattr(m, name, None)
+                if f is old or f is _TICKS[i]:
+                    setattr(m, name, new)
+            except Exception:  # a built-in module (MicroPython's time) cannot be changed
+                pass
+        g[name] = new
+
+
 # errno names, never numbers: a socket timeout is EAGAIN on the unix port and
 # ETIMEDOUT on ESP32; CPython raises BlockingIOError (EAGAIN/EWOULDBLOCK).  Every
 # exception has .errno on MicroPython (it is args[0]).
