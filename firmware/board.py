@@ -24,6 +24,9 @@
 #   i2c(bus, sda, scl, freq)     object with readfrom_mem(addr, reg, n), writeto_mem(addr, reg, buf)
 #   mem_free()                   free heap bytes (None where unknown)
 #   rtc_load() / rtc_save(bytes) memory that survives resets and deep sleep (not power loss)
+#   clock_tuple()                the wall clock (RTC), UTC, as time.gmtime(); 2000-01-01 after
+#                                power-on on an ESP32 (host: --clock DATE)
+#   set_clock(unix_seconds)      set it (kept across resets and deep sleep)
 #   exists(path)
 #   find_partition(label)        the raw data partitions labelled so (esp32.Partition objects:
 #                                the block protocol MQTTClient's store= takes), [] for none;
@@ -32,6 +35,7 @@
 # and, common to both (below):
 #   ring_store(ring, log)        the ring's store= for MQTTClient
 #   partition_bytes(part)        a partition's size
+#   clock_set() / clock_text()   the clock has been set (year >= 2024) / "YYYY-MM-DD HH:MM:SS"
 import sys
 
 if sys.platform == "esp32":
@@ -66,3 +70,12 @@ def ring_store(ring, log):
 def partition_bytes(part):
     """The size of a block device with the esp32.Partition protocol: block count x block size."""
     return part.ioctl(4, 0) * part.ioctl(5, 0)
+
+
+def clock_set():
+    """An unset RTC reads 2000-01-01 (ESP32 after power-on): TLS cannot check certificates."""
+    return clock_tuple()[0] >= 2024
+
+
+def clock_text():
+    return "%04d-%02d-%02d %02d:%02d:%02d" % tuple(clock_tuple()[:6])

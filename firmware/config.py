@@ -15,6 +15,7 @@ DEFAULTS = {
     "power": {"mode": "always-on", "flush_budget_ms": 5000},
     "health": {"period_s": 60, "qos": 0},
     "safe_mode": {"active": "low", "window_ms": 1000, "flag_file": "/safe_mode"},
+    "time": {"ntp_servers": ["pool.ntp.org"], "timeout_s": 5, "retry_s": 60},
 }
 SENSOR_DEFAULTS = {
     "adc": {"atten": "11dB", "scale": 1, "offset": 0, "samples": 4},
@@ -349,7 +350,8 @@ class Stop(Exception):
         self.lines = lines
 
 USAGE = """usage: main.py [--board FILE] [--secrets FILE]... [--broker HOST] [--port N] [--ring PATH]
-               [--uid ID] [--period S] [--set KEY=VALUE]... [--pin N=LEVEL]... [--trace] [--check]
+               [--uid ID] [--period S] [--set KEY=VALUE]... [--pin N=LEVEL]... [--clock DATE]
+               [--trace] [--check]
   --board    board file (default boards/unix.json on the host, /board.json on a device)
   --secrets  secrets file(s) merged over it (default: secrets.json, boards/secrets.json and
              boards/<name>.secrets.json, when they exist)
@@ -357,6 +359,7 @@ USAGE = """usage: main.py [--board FILE] [--secrets FILE]... [--broker HOST] [--
   --period   every sensor's period_s
   --set      any key, dotted (sensors.temp.qos=2); the value is JSON, or else a string
   --pin      host: simulate GPIO N held at LEVEL (0/1) at boot (safe-mode pin)
+  --clock    host: the board's clock at power-on, YYYY-MM-DD (an ESP32's reads 2000-01-01)
   --trace    log every MQTT packet
   --check    validate, print the merged configuration (secrets masked) and exit
 exit codes (host): 0 ok, 2 bad configuration, 3 safe mode, 75 deep sleep, 76 reboot"""
@@ -395,6 +398,11 @@ def parse_args(argv):
                 raise UsageError("--set needs KEY=VALUE")
             k, val = v.split("=", 1)
             o["set"].append((k, parse_value(val)))
+        elif a == "--clock":
+            d = v.split("-")
+            if len(d) != 3 or not all(x.isdigit() for x in d):
+                raise UsageError("--clock needs a date YYYY-MM-DD, e.g. --clock 2000-01-01")
+            o["clock"] = v
         elif a == "--pin":
             try:
                 n, level = v.split("=")

@@ -45,6 +45,7 @@ class Device:
         self.wdt_ms = wdt
         self.wdt = None
         self.client = None
+        self.linked = False  # connect() called: the client runs (and re-connects) from then on
         self.cmds = []
         self._poll = None
         self._polled = None
@@ -94,12 +95,26 @@ class Device:
         log("device %s: client id %s, topics %s/..., broker %s:%d%s, ring %s (%d unsent)" % (
             self.uid, self.client_id, self.prefix, m["broker"], m["port"], " (TLS)" if "tls" in m else "",
             where, self.at_boot))
+        if self.clock_ready():
+            self.connect()
+        self.wdt.feed()
+
+    def connect(self):
+        self.linked = True
         try:
-            sp = c.connect(clean_session=False)
+            sp = self.client.connect(clean_session=False)
             log("mqtt: connected (session present: %s)" % bool(sp))
         except (OSError, MQTTException) as e:
             log("mqtt: broker not reachable (%s); retrying in the background" % e)
-        self.wdt.feed()
+
+    def clock_ready(self):
+        """TLS checks the broker's certificate dates against the clock, which reads 2000-01-01
+        after power-on on an ESP32: set it by NTP before connecting (see ntp.py)."""
+        if "tls" not in self.cfg["mqtt"] or board.clock_set():
+            return True
+        import ntp
+
+        return ntp.ready(self.cfg["time"], board, self.wdt.feed, log)
 
     def on_message(self, topic, msg):
         if topic == self.t_cmd.encode() or topic == self.t_cmd:
@@ -292,10 +307,12 @@ class Device:
             self._poll.poll(ms)
         elif ms > 0:
             sleep_ms(min(ms, 100))  # link down: the next attempt is due within the back-off
-        c.check_msg()
+        if self.linked:
+            c.check_msg()
 
     def feed(self):
-        if self.client.progress_within(self.progress_ms):
+        # not linked (waiting for the clock): no client to stall; the loop itself is the progress
+        if not self.linked or self.client.progress_within(self.progress_ms):
             self.wdt.feed()
 
     def drain_commands(self):
@@ -329,6 +346,8 @@ class Device:
                 self.publish_health()
                 health_due = ticks_add(now, self.health_ms)
             self.drain_commands()
+            if not self.linked and self.clock_ready():
+                self.connect()
             if self.reboot:
                 self.shutdown("offline")
                 log("rebooting (command)")
@@ -347,6 +366,8 @@ class Device:
         """Drive I/O (acks, re-connection, commands) until nothing is in flight or the
         deadline; in watchdog-sized slices.  True when everything went out."""
         c = self.client
+        if not self.linked:
+            return False  # no clock for TLS yet: nothing can be sent
         while True:
             self.drain_commands()
             left = ticks_diff(deadline, ticks_ms())

@@ -164,6 +164,20 @@ def rtc_save(data):
     machine.RTC().memory(data)
 
 
+def clock_tuple():
+    import time
+
+    return time.gmtime()
+
+
+def set_clock(unix_seconds):
+    """Set the RTC (UTC); it keeps running through resets and deep sleep, not power loss."""
+    import time
+
+    tm = time.gmtime(unix_seconds - (946684800 if time.gmtime(0)[0] == 2000 else 0))
+    machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
+
+
 def exists(path):
     try:
         os.stat(path)

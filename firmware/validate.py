@@ -188,7 +188,7 @@ def _gpio(c, path, v, chip, output=False, adc=False):
 
 
 TOP_KEYS = ("$schema", "description", "board", "chip", "flash", "uid", "wifi", "mqtt", "ring",
-            "watchdog", "power", "health", "safe_mode", "sensors")
+            "watchdog", "power", "health", "safe_mode", "time", "sensors")
 
 
 def validate(cfg):
@@ -291,6 +291,23 @@ def validate(cfg):
                 c.int_("safe_mode.window_ms", s["window_ms"], 0, 10000)
             if "flag_file" in s:
                 c.str_("safe_mode.flag_file", s["flag_file"], 1, 255)
+    if "time" in cfg:
+        t = cfg["time"]
+        if c.obj("time", t, ("ntp_servers", "timeout_s", "retry_s")):
+            if "ntp_servers" in t:
+                v = t["ntp_servers"]
+                if type(v) is not list or not 1 <= len(v) <= 4:
+                    c.err("time.ntp_servers", "must be a list of 1..4 NTP servers (got %s)" % _fmt(v))
+                else:
+                    for i in range(len(v)):
+                        h = v[i]
+                        if c.str_("time.ntp_servers.%d" % i, h, 1, 253) and not _chars_ok(h, ".-_:"):
+                            c.err("time.ntp_servers.%d" % i, "must be a host name or IP address, optionally"
+                                  " with :port (got %s)" % _fmt(h))
+            if "timeout_s" in t:
+                c.num("time.timeout_s", t["timeout_s"], 1, 30)
+            if "retry_s" in t:
+                c.num("time.retry_s", t["retry_s"], 1, 86400)
     if "sensors" in cfg:
         ss = cfg["sensors"]
         if type(ss) is not dict:

@@ -98,6 +98,8 @@ GOOD = [
     ("ring partition, 16-character label", make(C3, ring__partition="ring_store-01234")),
     ("flash size 2MB", make(ESP32, flash={"offset": "0x1000", "size": "2MB"})),
     ("16 sensors", make(UNIX, sensors={"s%d" % i: {"kind": "sim"} for i in range(16)})),
+    ("ntp", make(UNIX, time={"ntp_servers": ["pool.ntp.org", "192.168.1.1:123"], "timeout_s": 2, "retry_s": 30})),
+    ("ntp limits", make(ESP32, time={"ntp_servers": ["a", "b", "c", "d"], "timeout_s": 30, "retry_s": 86400})),
     ("sensor name with dash", make(UNIX, sensors={"bench-air": {"kind": "sim"}})),
 ]
 
@@ -221,6 +223,12 @@ BAD = [
     ("adc samples 0", make(ESP32, sensors={"x": {"kind": "adc", "pins": {"adc": 34}, "samples": 0}}),
      {"sensors.x.samples"}, "1..64"),
     ("top-level typo", make(UNIX, sensor={"x": {"kind": "sim"}}), {"sensor"}, "unknown key"),
+    ("ntp servers empty", make(UNIX, time={"ntp_servers": []}), {"time.ntp_servers"}, "1..4"),
+    ("ntp server a string", make(UNIX, time={"ntp_servers": "pool.ntp.org"}), {"time.ntp_servers"}, "list"),
+    ("ntp server with a space", make(UNIX, time={"ntp_servers": ["ok", "a b"]}), {"time.ntp_servers.1"},
+     "host name"),
+    ("ntp timeout 0", make(UNIX, time={"timeout_s": 0}), {"time.timeout_s"}, "1..30"),
+    ("ntp unknown key", make(UNIX, time={"server": "x"}), {"time.server"}, "unknown key"),
     ("uid with a space", make(UNIX, uid="my node"), {"uid"}, "letters, digits"),
     ("description a number", make(UNIX, description=5), {"description"}, "string"),
     ("two problems at once", make(UNIX, mqtt__port="1883", mqtt__qos=5), {"mqtt.port", "mqtt.qos"}, "1..65535"),
