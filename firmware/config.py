@@ -310,6 +310,13 @@ def load(path, secrets=(), overrides=()):
     errors = validate.validate(cfg)
     del validate
     _unload("validate")
+    tls = cfg.get("mqtt", {}).get("tls") if type(cfg.get("mqtt")) is dict else None
+    for k in ("ca", "cert", "key") if not errors and tls else ():
+        if k in tls:
+            try:
+                open(tls[k]).close()
+            except OSError:  # deployed by make deploy from boards/<path>
+                errors.append(("mqtt.tls." + k, "no such file: %s" % tls[k]))
     if errors:
         raise ConfigError(errors, path)
     return apply_defaults(cfg)

@@ -75,10 +75,17 @@ class Device:
             ring_size = board.partition_bytes(store)
             where = "partition %s (%d bytes)" % (r["partition"], ring_size)
         params = {}
-        if "tls" in m:
-            params["cafile"] = m["tls"]["ca"]
-            if "server_hostname" in m["tls"]:
-                params["server_hostname"] = m["tls"]["server_hostname"]
+        t = m.get("tls")
+        if t:
+            if t.get("insecure"):  # validation allows no CA only with insecure: true
+                params["cert_reqs"] = 0  # ssl.CERT_NONE
+                log("mqtt: warning: TLS without checking the broker's certificate (mqtt.tls.insecure):"
+                    " anyone on the network path can pose as the broker")
+            else:
+                params["cafile"] = t["ca"]
+            for k, p in (("cert", "certfile"), ("key", "keyfile"), ("server_hostname", "server_hostname")):
+                if k in t:
+                    params[p] = t[k]
         c = self.client = MQTTClient(
             self.client_id, m["broker"], m["port"], user=m.get("user"), password=m.get("password"),
             keepalive=m["keepalive"], ssl="tls" in m, ssl_params=params, store=store,

@@ -345,9 +345,21 @@ def _mqtt(c, m):
         c.int_("mqtt.port", m["port"], 1, 65535)
     if "tls" in m:
         t = m["tls"]
-        if c.obj("mqtt.tls", t, ("ca", "server_hostname"), ("ca",)):
-            if "ca" in t:
-                c.str_("mqtt.tls.ca", t["ca"], 1, 255)
+        if c.obj("mqtt.tls", t, ("ca", "cert", "key", "server_hostname", "insecure")):
+            insecure = t.get("insecure") is True
+            for k in ("ca", "cert", "key"):
+                if k in t:
+                    c.str_("mqtt.tls." + k, t[k], 1, 255)
+            if "ca" not in t and not insecure:
+                # TLS without a CA authenticates nobody: only when the file says so
+                c.err("mqtt.tls.ca", "required: the CA certificate (PEM) to check the broker with; or"
+                      " \"insecure\": true to skip the check (anyone on the path can then pose as the broker)")
+            elif "ca" in t and insecure:
+                c.err("mqtt.tls.ca", "not used with \"insecure\": true, which turns the check off: remove one")
+            if "key" in t and "cert" not in t:
+                c.err("mqtt.tls.cert", "required with mqtt.tls.key (the client certificate of that key)")
+            if "insecure" in t:
+                c.bool_("mqtt.tls.insecure", t["insecure"])
             if "server_hostname" in t:
                 c.str_("mqtt.tls.server_hostname", t["server_hostname"], 1, 253)
     if "client_id" in m:
