@@ -1,7 +1,8 @@
 """What the ESP32 port does differently, shown on the host (both runtimes): TCP_QUICKACK only
 where it exists (lwIP prints a warning for every unknown socket option instead of raising),
-and the TLS set-up of lib/mqtt/compat.py (client certificate with or without a separate key
-file, one clear error for a missing or bad certificate or key, a warning for TLS without a CA).
+the TLS set-up of lib/mqtt/tls.py (client certificate with or without a separate key file, one
+clear error for a missing or bad certificate or key, a warning for TLS without a CA), and
+micropython-lib's ds18x20, whose read_temp raises on a CRC error instead of returning None.
 The tick wrap has its own file (test_tick_wrap.py)."""
 import subprocess
 
@@ -156,3 +157,50 @@ def test_tls_without_a_ca_connects_as_umqtt_does_and_warns_once(tls_rt, mtls_bro
     params["cert_reqs"] = 0  # ssl.CERT_NONE on both runtimes
     r = tls_rt.run(NO_CA % (mtls_broker.port, params))
     assert ok(r).split() == ["OK"] and b"not authenticated" not in r.stderr
+
+
+# ---- DS18B20: micropython-lib's driver raises on a CRC error ------------------------------------
+
+DS18B20 = """
+import sys
+sys.path.append(sys.argv[1])
+import hwsensors
+hwsensors.sleep_ms = lambda ms: None  # the 750 ms conversion wait
+
+class Stub:
+    # micropython-lib's ds18x20.DS18X20 (micropython/drivers/sensor/ds18x20): read_scratch
+    # raises Exception("CRC error"), and read_temp lets it through
+    def __init__(self):
+        self.scans = 0
+        self.reads = 0
+    def scan(self):
+        self.scans += 1
+        return [bytearray(b"\\x28\\x01\\x02\\x03\\x04\\x05\\x06\\x07")]
+    def convert_temp(self):
+        pass
+    def read_temp(self, rom):
+        self.reads += 1
+        if self.reads == 2:
+            raise Exception("CRC error")
+        return 21.5
+
+class Board:
+    dev = Stub()
+    def ds18x20(self, pin):
+        return self.dev
+
+b = Board()
+s = hwsensors.DS18B20("probe", {"kind": "ds18b20", "topic": "probe", "qos": 1, "period_s": 1,
+                                "pins": {"data": 4}}, b)
+for seq in range(3):
+    try:
+        print("read", s.read(seq), "scans", b.dev.scans)
+    except OSError as e:
+        print("error", e, "scans", b.dev.scans)
+"""
+
+
+def test_a_ds18b20_crc_error_is_a_failed_read_and_the_bus_is_scanned_again(rt):
+    from conftest import ROOT
+    out = ok(rt.run(DS18B20, args=[ROOT / "firmware"])).splitlines()
+    assert out == ["read 21.5 scans 1", "error DS18B20 on GPIO 4: CRC error scans 1", "read 21.5 scans 2"]
