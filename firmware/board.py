@@ -35,7 +35,6 @@
 # and, common to both (below):
 #   ring_store(ring, log)        the ring's store= for MQTTClient
 #   partition_bytes(part)        a partition's size
-#   clock_set() / clock_text()   the clock has been set (year >= 2024) / "YYYY-MM-DD HH:MM:SS"
 import sys
 
 if sys.platform == "esp32":
@@ -71,11 +70,3 @@ def partition_bytes(part):
     """The size of a block device with the esp32.Partition protocol: block count x block size."""
     return part.ioctl(4, 0) * part.ioctl(5, 0)
 
-
-def clock_set():
-    """An unset RTC reads 2000-01-01 (ESP32 after power-on): TLS cannot check certificates."""
-    return clock_tuple()[0] >= 2024
-
-
-def clock_text():
-    return "%04d-%02d-%02d %02d:%02d:%02d" % tuple(clock_tuple()[:6])

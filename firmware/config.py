@@ -186,8 +186,8 @@ def apply_defaults(cfg):
     """Fill in every optional key (call on a valid config).  Integers given as 5.0 become 5."""
     for sec in DEFAULTS:
         d = cfg.get(sec)
-        if d is None and sec == "wifi":
-            continue  # no Wi-Fi section: unix
+        if d is None and (sec == "wifi" or sec == "time" and "tls" not in cfg["mqtt"]):
+            continue  # no Wi-Fi section: unix; the clock is needed for TLS only
         if d is None:
             d = cfg[sec] = {}
         for k in DEFAULTS[sec]:
@@ -409,7 +409,7 @@ def parse_args(argv):
             d = v.split("-")
             if len(d) != 3 or not all(x.isdigit() for x in d):
                 raise UsageError("--clock needs a date YYYY-MM-DD, e.g. --clock 2000-01-01")
-            o["clock"] = v
+            o["clock"] = _days(int(d[0]), int(d[1]), int(d[2])) * 86400
         elif a == "--pin":
             try:
                 n, level = v.split("=")
@@ -419,6 +419,15 @@ def parse_args(argv):
         else:
             raise UsageError("unknown option %s" % a)
     return o
+
+
+def _days(y, m, d):
+    """Days from 1970-01-01 to y-m-d (proleptic Gregorian; H. Hinnant's days_from_civil)."""
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
 
 
 def _secrets_for(path):

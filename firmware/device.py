@@ -75,17 +75,10 @@ class Device:
             ring_size = board.partition_bytes(store)
             where = "partition %s (%d bytes)" % (r["partition"], ring_size)
         params = {}
-        t = m.get("tls")
-        if t:
-            if t.get("insecure"):  # validation allows no CA only with insecure: true
-                params["cert_reqs"] = 0  # ssl.CERT_NONE
-                log("mqtt: warning: TLS without checking the broker's certificate (mqtt.tls.insecure):"
-                    " anyone on the network path can pose as the broker")
-            else:
-                params["cafile"] = t["ca"]
-            for k, p in (("cert", "certfile"), ("key", "keyfile"), ("server_hostname", "server_hostname")):
-                if k in t:
-                    params[p] = t[k]
+        if "tls" in m:
+            import devtls  # TLS only: its parameters, and the clock it needs
+
+            params = devtls.params(m["tls"], log)
         c = self.client = MQTTClient(
             self.client_id, m["broker"], m["port"], user=m.get("user"), password=m.get("password"),
             keepalive=m["keepalive"], ssl="tls" in m, ssl_params=params, store=store,
@@ -102,26 +95,23 @@ class Device:
         log("device %s: client id %s, topics %s/..., broker %s:%d%s, ring %s (%d unsent)" % (
             self.uid, self.client_id, self.prefix, m["broker"], m["port"], " (TLS)" if "tls" in m else "",
             where, self.at_boot))
-        if self.clock_ready():
-            self.connect()
+        self.link()
         self.wdt.feed()
 
-    def connect(self):
+    def link(self):
+        """Connect - with TLS once the clock is set (devtls.py) - after which the client
+        re-connects by itself."""
+        if "tls" in self.cfg["mqtt"]:
+            import devtls
+
+            if not devtls.ready(self.cfg["time"], board, self.wdt.feed, log):
+                return
         self.linked = True
         try:
             sp = self.client.connect(clean_session=False)
             log("mqtt: connected (session present: %s)" % bool(sp))
         except (OSError, MQTTException) as e:
             log("mqtt: broker not reachable (%s); retrying in the background" % e)
-
-    def clock_ready(self):
-        """TLS checks the broker's certificate dates against the clock, which reads 2000-01-01
-        after power-on on an ESP32: set it by NTP before connecting (see ntp.py)."""
-        if "tls" not in self.cfg["mqtt"] or board.clock_set():
-            return True
-        import ntp
-
-        return ntp.ready(self.cfg["time"], board, self.wdt.feed, log)
 
     def on_message(self, topic, msg):
         if topic == self.t_cmd.encode() or topic == self.t_cmd:
@@ -353,8 +343,8 @@ class Device:
                 self.publish_health()
                 health_due = ticks_add(now, self.health_ms)
             self.drain_commands()
-            if not self.linked and self.clock_ready():
-                self.connect()
+            if not self.linked:
+                self.link()
             if self.reboot:
                 self.shutdown("offline")
                 log("rebooting (command)")

@@ -22,8 +22,7 @@ EXIT_RESET = 76
 
 _rtc_path = None
 _wake_path = None
-_clock_path = None
-_clock = [0]      # the board's clock minus the host's, in seconds (--clock, NTP)
+_clock = [None]   # the board's wall clock minus the host's, in s (--clock, NTP); None: unread
 _held = {}        # pin -> level forced by --pin N=LEVEL
 _woke = False
 _finder = None    # set_partition_finder(): raw partitions for tests
@@ -47,34 +46,23 @@ def _mkdirs(path):
 
 
 def init(cfg, opts):
-    """opts: 'pins' {pin: level}, 'clock' "YYYY-MM-DD" (the board's clock at power-on, as an
-    ESP32's RTC reads 2000-01-01).  RTC memory lives in <ring path>.rtc, the clock's offset
+    """opts: 'pins' {pin: level}, 'clock' Unix seconds (the board's clock at power-on, as an
+    ESP32's RTC reads 2000-01-01: --clock).  RTC memory lives in <ring path>.rtc, the clock's offset
     from the host's in <ring path>.clock (kept across resets and deep sleep, as the RTC);
     a pending deep sleep (the wake-up time in <ring path>.wake) is waited out here."""
-    global _rtc_path, _wake_path, _clock_path, _held, _woke
+    global _rtc_path, _wake_path, _held, _woke
     ring = cfg["ring"]["path"]
     _mkdirs(ring)
     _rtc_path = ring + ".rtc"
     _wake_path = ring + ".wake"
-    _clock_path = ring + ".clock"
     _held = dict(opts.get("pins") or {})
     try:
         with open(_wake_path) as f:
             wake_at = int(f.read())
         os.remove(_wake_path)
     except (OSError, ValueError):
-        wake_at = None
-    _woke = wake_at is not None
-    if opts.get("clock") and not _woke:
-        y, m, d = [int(x) for x in opts["clock"].split("-")]
-        set_clock(_days(y, m, d) * 86400)
-    else:
-        try:
-            with open(_clock_path) as f:
-                _clock[0] = int(f.read())
-        except (OSError, ValueError):
-            pass
-    if not _woke:
+        if opts.get("clock") is not None:  # power-on: not on a wake-up, the RTC kept running
+            set_clock(opts["clock"])
         return
     left = wake_at - _now_ms()
     if 0 < left <= 86400000:
@@ -192,23 +180,21 @@ def exists(path):
         return False
 
 
-def _days(y, m, d):
-    """Days from 1970-01-01 to y-m-d (proleptic Gregorian; H. Hinnant's days_from_civil)."""
-    y -= m <= 2
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
-    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-
-
 def clock_tuple():
-    """The board's clock, UTC, as time.gmtime() gives it."""
+    """The simulated RTC, UTC: the host's clock plus the offset in <ring path>.clock, where it
+    survives resets and deep sleep as an ESP32's RTC does (read when first needed: TLS)."""
+    if _clock[0] is None:
+        try:
+            with open(_rtc_path[:-3] + "clock") as f:
+                _clock[0] = int(f.read())
+        except (OSError, ValueError):
+            _clock[0] = 0  # never set: the host's
     return time.gmtime(int(time.time()) + _clock[0])
 
 
 def set_clock(unix_seconds):
     _clock[0] = unix_seconds - int(time.time())
-    with open(_clock_path, "w") as f:
+    with open(_rtc_path[:-3] + "clock", "w") as f:
         f.write(str(_clock[0]))
 
 

@@ -1,9 +1,9 @@
-# Setting the clock by SNTP (RFC 4330) before a TLS connect.  Since MicroPython 1.22 the ESP32
+# TLS on the device, loaded by device.py only when the board file has mqtt.tls: the client's
+# ssl_params, and the clock that certificate checks need.  Since MicroPython 1.22 the ESP32
 # build has mbedTLS check certificate dates against the RTC, which reads 2000-01-01 after
-# power-on: a verified TLS connect fails until the clock is set.  Loaded by device.py only when
-# the board file uses TLS and the clock is unset; the board layer sets the clock (RTC).
-# One query per server, each bounded by timeout_ms and fed to the watchdog in 1 s slices.
-# (DNS is blocking on every port: an IP address in time.ntp_servers avoids it.)
+# power-on: a verified TLS connect fails until the clock is set, so it is set by SNTP
+# (RFC 4330) first.  One query per server, each bounded by timeout_ms and fed to the watchdog
+# in 1 s slices.  (DNS is blocking on every port: an IP address in time.ntp_servers avoids it.)
 import socket
 import select
 import struct
@@ -13,6 +13,25 @@ from mqtt.compat import ticks_ms, ticks_diff, ticks_add
 _NTP_1970 = 2208988800    # NTP seconds (from 1900) at the Unix epoch
 _MIN_NTP = 3913056000     # 2024-01-01: anything earlier is the era after 2036 (as ntptime)
 _state = [None, False]    # the next attempt (ticks) while unset; the error line was logged
+
+
+def params(t, log):
+    """MQTTClient's ssl_params from the board file's mqtt.tls."""
+    p = {}
+    if t.get("insecure"):  # validation allows no CA only with insecure: true
+        p["cert_reqs"] = 0  # ssl.CERT_NONE
+        log("mqtt: warning: TLS without checking the broker's certificate (mqtt.tls.insecure):"
+            " anyone on the network path can pose as the broker")
+    else:
+        p["cafile"] = t["ca"]
+    for k, n in (("cert", "certfile"), ("key", "keyfile"), ("server_hostname", "server_hostname")):
+        if k in t:
+            p[n] = t[k]
+    return p
+
+
+def _text(board):
+    return "%04d-%02d-%02d %02d:%02d:%02d" % tuple(board.clock_tuple()[:6])
 
 
 def query(server, timeout_ms, feed):
@@ -57,14 +76,16 @@ def sync(tcfg, board, feed, log):
             why.append("%s: %s" % (server, e.args[-1] if e.args else e))
             continue
         board.set_clock(t)
-        log("time: clock set by NTP from %s: %s UTC" % (server, board.clock_text()))
+        log("time: clock set by NTP from %s: %s UTC" % (server, _text(board)))
         return None
     return "; ".join(why)
 
 
 def ready(tcfg, board, feed, log):
-    """True once the clock is set; else tries NTP when an attempt is due (every
-    tcfg["retry_s"]) and logs, once, why the device does not connect."""
+    """True once the clock is set (an unset RTC reads a year before 2024); else tries NTP when
+    an attempt is due (every tcfg["retry_s"]) and logs, once, why the device does not connect."""
+    if board.clock_tuple()[0] >= 2024:
+        return True
     if _state[0] is not None and ticks_diff(ticks_ms(), _state[0]) < 0:
         return False
     why = sync(tcfg, board, feed, log)
@@ -75,5 +96,5 @@ def ready(tcfg, board, feed, log):
         _state[1] = True
         log("time: error: clock not set (it reads %s UTC) and NTP failed (%s): TLS cannot check the"
             " broker's certificate, so the device does not connect; readings go to the ring, NTP is"
-            " tried again every %s s" % (board.clock_text(), why, tcfg["retry_s"]))
+            " tried again every %s s" % (_text(board), why, tcfg["retry_s"]))
     return False
