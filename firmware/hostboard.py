@@ -64,6 +64,7 @@ def init(cfg, opts):
         if opts.get("clock") is not None:  # power-on: not on a wake-up, the RTC kept running
             set_clock(opts["clock"])
         return
+    _woke = True
     left = wake_at - _now_ms()
     if 0 < left <= 86400000:
         sleep_ms(left)
