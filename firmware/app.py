@@ -24,11 +24,19 @@ VERSION = "1.0.0"
 EXIT_OK = 0
 CRASH_LIMIT = 3      # this many crashes in a row -> next boot stays in safe mode (see config.py)
 
-_T0 = ticks_ms()
+# [uptime so far, ticks at the last call]: summing ticks_diff keeps uptime_ms() growing
+# across the tick wrap (2^30 ms on an ESP32, and ticks_diff only spans +-2^29 ms), as long
+# as it is called at least once per 6 days (every log line and health report calls it).
+# Started by the first call, so a test can swap the tick source (compat.set_clock) first.
+_up = [0, None]
 
 
 def uptime_ms():
-    return ticks_diff(ticks_ms(), _T0)
+    now = ticks_ms()
+    if _up[1] is not None:
+        _up[0] += ticks_diff(now, _up[1])
+    _up[1] = now
+    return _up[0]
 
 
 def log(msg):

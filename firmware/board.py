@@ -24,6 +24,9 @@
 #   i2c(bus, sda, scl, freq)     object with readfrom_mem(addr, reg, n), writeto_mem(addr, reg, buf)
 #   mem_free()                   free heap bytes (None where unknown)
 #   rtc_load() / rtc_save(bytes) memory that survives resets and deep sleep (not power loss)
+#   clock_tuple()                the wall clock (RTC), UTC, as time.gmtime(); 2000-01-01 after
+#                                power-on on an ESP32 (host: --clock DATE)
+#   set_clock(unix_seconds)      set it (kept across resets and deep sleep)
 #   exists(path)
 #   find_partition(label)        the raw data partitions labelled so (esp32.Partition objects:
 #                                the block protocol MQTTClient's store= takes), [] for none;
@@ -66,3 +69,4 @@ def ring_store(ring, log):
 def partition_bytes(part):
     """The size of a block device with the esp32.Partition protocol: block count x block size."""
     return part.ioctl(4, 0) * part.ioctl(5, 0)
+

@@ -15,6 +15,7 @@ DEFAULTS = {
     "power": {"mode": "always-on", "flush_budget_ms": 5000},
     "health": {"period_s": 60, "qos": 0},
     "safe_mode": {"active": "low", "window_ms": 1000, "flag_file": "/safe_mode"},
+    "time": {"ntp_servers": ["pool.ntp.org"], "timeout_s": 5, "retry_s": 60},
 }
 SENSOR_DEFAULTS = {
     "adc": {"atten": "11dB", "scale": 1, "offset": 0, "samples": 4},
@@ -185,8 +186,8 @@ def apply_defaults(cfg):
     """Fill in every optional key (call on a valid config).  Integers given as 5.0 become 5."""
     for sec in DEFAULTS:
         d = cfg.get(sec)
-        if d is None and sec == "wifi":
-            continue  # no Wi-Fi section: unix
+        if d is None and (sec == "wifi" or sec == "time" and "tls" not in cfg["mqtt"]):
+            continue  # no Wi-Fi section: unix; the clock is needed for TLS only
         if d is None:
             d = cfg[sec] = {}
         for k in DEFAULTS[sec]:
@@ -309,6 +310,13 @@ def load(path, secrets=(), overrides=()):
     errors = validate.validate(cfg)
     del validate
     _unload("validate")
+    tls = cfg.get("mqtt", {}).get("tls") if type(cfg.get("mqtt")) is dict else None
+    for k in ("ca", "cert", "key") if not errors and tls else ():
+        if k in tls:
+            try:
+                open(tls[k]).close()
+            except OSError:  # deployed by make deploy from boards/<path>
+                errors.append(("mqtt.tls." + k, "no such file: %s" % tls[k]))
     if errors:
         raise ConfigError(errors, path)
     return apply_defaults(cfg)
@@ -349,7 +357,8 @@ class Stop(Exception):
         self.lines = lines
 
 USAGE = """usage: main.py [--board FILE] [--secrets FILE]... [--broker HOST] [--port N] [--ring PATH]
-               [--uid ID] [--period S] [--set KEY=VALUE]... [--pin N=LEVEL]... [--trace] [--check]
+               [--uid ID] [--period S] [--set KEY=VALUE]... [--pin N=LEVEL]... [--clock DATE]
+               [--trace] [--check]
   --board    board file (default boards/unix.json on the host, /board.json on a device)
   --secrets  secrets file(s) merged over it (default: secrets.json, boards/secrets.json and
              boards/<name>.secrets.json, when they exist)
@@ -357,6 +366,7 @@ USAGE = """usage: main.py [--board FILE] [--secrets FILE]... [--broker HOST] [--
   --period   every sensor's period_s
   --set      any key, dotted (sensors.temp.qos=2); the value is JSON, or else a string
   --pin      host: simulate GPIO N held at LEVEL (0/1) at boot (safe-mode pin)
+  --clock    host: the board's clock at power-on, YYYY-MM-DD (an ESP32's reads 2000-01-01)
   --trace    log every MQTT packet
   --check    validate, print the merged configuration (secrets masked) and exit
 exit codes (host): 0 ok, 2 bad configuration, 3 safe mode, 75 deep sleep, 76 reboot"""
@@ -395,6 +405,11 @@ def parse_args(argv):
                 raise UsageError("--set needs KEY=VALUE")
             k, val = v.split("=", 1)
             o["set"].append((k, parse_value(val)))
+        elif a == "--clock":
+            d = v.split("-")
+            if len(d) != 3 or not all(x.isdigit() for x in d):
+                raise UsageError("--clock needs a date YYYY-MM-DD, e.g. --clock 2000-01-01")
+            o["clock"] = _days(int(d[0]), int(d[1]), int(d[2])) * 86400
         elif a == "--pin":
             try:
                 n, level = v.split("=")
@@ -404,6 +419,15 @@ def parse_args(argv):
         else:
             raise UsageError("unknown option %s" % a)
     return o
+
+
+def _days(y, m, d):
+    """Days from 1970-01-01 to y-m-d (proleptic Gregorian; H. Hinnant's days_from_civil)."""
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
 
 
 def _secrets_for(path):

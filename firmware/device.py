@@ -45,6 +45,7 @@ class Device:
         self.wdt_ms = wdt
         self.wdt = None
         self.client = None
+        self.linked = False  # connect() called: the client runs (and re-connects) from then on
         self.cmds = []
         self._poll = None
         self._polled = None
@@ -77,9 +78,9 @@ class Device:
             where = "partition %s (%d bytes)" % (r["partition"], ring_size)
         params = {}
         if "tls" in m:
-            params["cafile"] = m["tls"]["ca"]
-            if "server_hostname" in m["tls"]:
-                params["server_hostname"] = m["tls"]["server_hostname"]
+            import devtls  # TLS only: its parameters, and the clock it needs
+
+            params = devtls.params(m["tls"], log)
         c = self.client = MQTTClient(
             self.client_id, m["broker"], m["port"], user=m.get("user"), password=m.get("password"),
             keepalive=m["keepalive"], ssl="tls" in m, ssl_params=params, store=store,
@@ -97,12 +98,23 @@ class Device:
         log("device %s: client id %s, topics %s/..., broker %s:%d%s, ring %s (%d unsent)" % (
             self.uid, self.client_id, self.prefix, m["broker"], m["port"], " (TLS)" if "tls" in m else "",
             where, self.at_boot))
+        self.link()
+        self.wdt.feed()
+
+    def link(self):
+        """Connect - with TLS once the clock is set (devtls.py) - after which the client
+        re-connects by itself."""
+        if "tls" in self.cfg["mqtt"]:
+            import devtls
+
+            if not devtls.ready(self.cfg["time"], board, self.wdt.feed, log):
+                return
+        self.linked = True
         try:
-            sp = c.connect(clean_session=False)
+            sp = self.client.connect(clean_session=False)
             log("mqtt: connected (session present: %s)" % bool(sp))
         except (OSError, MQTTException) as e:
             log("mqtt: broker not reachable (%s); retrying in the background" % e)
-        self.wdt.feed()
 
     def on_message(self, topic, msg):
         if topic == self.t_cmd.encode() or topic == self.t_cmd:
@@ -304,10 +316,12 @@ class Device:
             self._poll.poll(ms)
         elif ms > 0:
             sleep_ms(min(ms, 100))  # link down: the next attempt is due within the back-off
-        c.check_msg()
+        if self.linked:
+            c.check_msg()
 
     def feed(self):
-        if self.client.progress_within(self.progress_ms):
+        # not linked (waiting for the clock): no client to stall; the loop itself is the progress
+        if not self.linked or self.client.progress_within(self.progress_ms):
             self.wdt.feed()
 
     def drain_commands(self):
@@ -341,6 +355,8 @@ class Device:
                 self.publish_health()
                 health_due = ticks_add(now, self.health_ms)
             self.drain_commands()
+            if not self.linked:
+                self.link()
             if self.reboot:
                 self.shutdown("offline")
                 log("rebooting (command)")
@@ -359,6 +375,8 @@ class Device:
         """Drive I/O (acks, re-connection, commands) until nothing is in flight or the
         deadline; in watchdog-sized slices.  True when everything went out."""
         c = self.client
+        if not self.linked:
+            return False  # no clock for TLS yet: nothing can be sent
         while True:
             self.drain_commands()
             left = ticks_diff(deadline, ticks_ms())

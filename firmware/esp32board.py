@@ -87,9 +87,14 @@ def wifi_ok():
 def wifi_tick(w, log):
     """Re-start the association now and then while the link is down (non-blocking)."""
     global _wifi_last_try
-    if _wlan is None or _wlan.isconnected():
+    if _wlan is None:
         return
-    if ticks_diff(ticks_ms(), _wifi_last_try) < 30000:
+    if _wlan.isconnected():
+        # forget the last attempt: days later ticks_diff could read it as "just now"
+        # (ticks wrap every 2^30 ms, ticks_diff spans +-2^29) and hold the next one back
+        _wifi_last_try = None
+        return
+    if _wifi_last_try is not None and ticks_diff(ticks_ms(), _wifi_last_try) < 30000:
         return
     _wifi_last_try = ticks_ms()
     log("wifi: link down, re-connecting to %s" % w["ssid"])
@@ -157,6 +162,20 @@ def rtc_load():
 
 def rtc_save(data):
     machine.RTC().memory(data)
+
+
+def clock_tuple():
+    import time
+
+    return time.gmtime()
+
+
+def set_clock(unix_seconds):
+    """Set the RTC (UTC); it keeps running through resets and deep sleep, not power loss."""
+    import time
+
+    tm = time.gmtime(unix_seconds - (946684800 if time.gmtime(0)[0] == 2000 else 0))
+    machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
 
 
 def exists(path):

@@ -22,6 +22,7 @@ EXIT_RESET = 76
 
 _rtc_path = None
 _wake_path = None
+_clock = [None]   # the board's wall clock minus the host's, in s (--clock, NTP); None: unread
 _held = {}        # pin -> level forced by --pin N=LEVEL
 _woke = False
 _finder = None    # set_partition_finder(): raw partitions for tests
@@ -45,8 +46,10 @@ def _mkdirs(path):
 
 
 def init(cfg, opts):
-    """opts: 'pins' {pin: level}.  RTC memory lives in <ring path>.rtc; a pending deep
-    sleep (the wake-up time in <ring path>.wake) is waited out here, before anything runs."""
+    """opts: 'pins' {pin: level}, 'clock' Unix seconds (the board's clock at power-on, as an
+    ESP32's RTC reads 2000-01-01: --clock).  RTC memory lives in <ring path>.rtc, the clock's offset
+    from the host's in <ring path>.clock (kept across resets and deep sleep, as the RTC);
+    a pending deep sleep (the wake-up time in <ring path>.wake) is waited out here."""
     global _rtc_path, _wake_path, _held, _woke
     ring = cfg["ring"]["path"]
     _mkdirs(ring)
@@ -58,6 +61,8 @@ def init(cfg, opts):
             wake_at = int(f.read())
         os.remove(_wake_path)
     except (OSError, ValueError):
+        if opts.get("clock") is not None:  # power-on: not on a wake-up, the RTC kept running
+            set_clock(opts["clock"])
         return
     _woke = True
     left = wake_at - _now_ms()
@@ -174,6 +179,24 @@ def exists(path):
         return True
     except OSError:
         return False
+
+
+def clock_tuple():
+    """The simulated RTC, UTC: the host's clock plus the offset in <ring path>.clock, where it
+    survives resets and deep sleep as an ESP32's RTC does (read when first needed: TLS)."""
+    if _clock[0] is None:
+        try:
+            with open(_rtc_path[:-3] + "clock") as f:
+                _clock[0] = int(f.read())
+        except (OSError, ValueError):
+            _clock[0] = 0  # never set: the host's
+    return time.gmtime(int(time.time()) + _clock[0])
+
+
+def set_clock(unix_seconds):
+    _clock[0] = unix_seconds - int(time.time())
+    with open(_rtc_path[:-3] + "clock", "w") as f:
+        f.write(str(_clock[0]))
 
 
 def set_partition_finder(finder):

@@ -34,7 +34,8 @@ class DHT(Sensor):
         self.at = 0
 
     def _read(self, seq):
-        if self.last is None or ticks_diff(ticks_ms(), self.at) >= self.min_ms:
+        # a negative age is a measurement 2^29+ ms old seen through the tick wrap: stale too
+        if self.last is None or not 0 <= ticks_diff(ticks_ms(), self.at) < self.min_ms:
             self.dev.measure()  # raises OSError (ETIMEDOUT) when the sensor does not answer
             self.at = ticks_ms()
             self.last = {"t": self.dev.temperature(), "h": self.dev.humidity()}
@@ -61,12 +62,17 @@ class DS18B20(Sensor):
             if self.rom is None:
                 raise OSError("no DS18B20 %son GPIO %d (found %d)" % (
                     (self.want + " ") if self.want else "", self.pin, len(roms)))
-        self.dev.convert_temp()
-        sleep_ms(750)  # 12-bit conversion time
-        t = self.dev.read_temp(self.rom)
+        try:
+            self.dev.convert_temp()
+            sleep_ms(750)  # 12-bit conversion time
+            t = self.dev.read_temp(self.rom)
+            why = "CRC error"
+        except Exception as e:  # micropython-lib's read_temp raises Exception("CRC error") (not
+            t = None            # None); the 1-Wire bus an OSError when nothing answers
+            why = str(e) or type(e).__name__
         if t is None:
-            self.rom = None
-            raise OSError("DS18B20 CRC error")
+            self.rom = None  # scan the bus again next time: the probe may have been re-plugged
+            raise OSError("DS18B20 on GPIO %d: %s" % (self.pin, why))
         return round(t, 3)
 
 

@@ -188,7 +188,7 @@ def _gpio(c, path, v, chip, output=False, adc=False):
 
 
 TOP_KEYS = ("$schema", "description", "board", "chip", "flash", "uid", "wifi", "mqtt", "ring",
-            "watchdog", "power", "health", "safe_mode", "sensors")
+            "watchdog", "power", "health", "safe_mode", "time", "sensors")
 
 
 def validate(cfg):
@@ -291,6 +291,23 @@ def validate(cfg):
                 c.int_("safe_mode.window_ms", s["window_ms"], 0, 10000)
             if "flag_file" in s:
                 c.str_("safe_mode.flag_file", s["flag_file"], 1, 255)
+    if "time" in cfg:
+        t = cfg["time"]
+        if c.obj("time", t, ("ntp_servers", "timeout_s", "retry_s")):
+            if "ntp_servers" in t:
+                v = t["ntp_servers"]
+                if type(v) is not list or not 1 <= len(v) <= 4:
+                    c.err("time.ntp_servers", "must be a list of 1..4 NTP servers (got %s)" % _fmt(v))
+                else:
+                    for i in range(len(v)):
+                        h = v[i]
+                        if c.str_("time.ntp_servers.%d" % i, h, 1, 253) and not _chars_ok(h, ".-_:"):
+                            c.err("time.ntp_servers.%d" % i, "must be a host name or IP address, optionally"
+                                  " with :port (got %s)" % _fmt(h))
+            if "timeout_s" in t:
+                c.num("time.timeout_s", t["timeout_s"], 1, 30)
+            if "retry_s" in t:
+                c.num("time.retry_s", t["retry_s"], 1, 86400)
     if "sensors" in cfg:
         ss = cfg["sensors"]
         if type(ss) is not dict:
@@ -328,9 +345,21 @@ def _mqtt(c, m):
         c.int_("mqtt.port", m["port"], 1, 65535)
     if "tls" in m:
         t = m["tls"]
-        if c.obj("mqtt.tls", t, ("ca", "server_hostname"), ("ca",)):
-            if "ca" in t:
-                c.str_("mqtt.tls.ca", t["ca"], 1, 255)
+        if c.obj("mqtt.tls", t, ("ca", "cert", "key", "server_hostname", "insecure")):
+            insecure = t.get("insecure") is True
+            for k in ("ca", "cert", "key"):
+                if k in t:
+                    c.str_("mqtt.tls." + k, t[k], 1, 255)
+            if "ca" not in t and not insecure:
+                # TLS without a CA authenticates nobody: only when the file says so
+                c.err("mqtt.tls.ca", "required: the CA certificate (PEM) to check the broker with; or"
+                      " \"insecure\": true to skip the check (anyone on the path can then pose as the broker)")
+            elif "ca" in t and insecure:
+                c.err("mqtt.tls.ca", "not used with \"insecure\": true, which turns the check off: remove one")
+            if "key" in t and "cert" not in t:
+                c.err("mqtt.tls.cert", "required with mqtt.tls.key (the client certificate of that key)")
+            if "insecure" in t:
+                c.bool_("mqtt.tls.insecure", t["insecure"])
             if "server_hostname" in t:
                 c.str_("mqtt.tls.server_hostname", t["server_hostname"], 1, 253)
     if "client_id" in m:

@@ -88,6 +88,10 @@ GOOD = [
     ("esp32c3 bme280 on I2C 0", make(C3, sensors={"b": {"kind": "bme280", "pins": {"sda": 4, "scl": 5},
                                                         "bus": {"i2c": 0, "freq": 400000}, "address": 119}})),
     ("tls", make(UNIX, mqtt__tls={"ca": "ca.pem", "server_hostname": "broker.local"}, mqtt__port=8883)),
+    ("tls client certificate", make(ESP32, mqtt__tls={"ca": "/c/ca.pem", "cert": "/c/me.crt", "key": "/c/me.key"})),
+    ("tls client certificate holding its key", make(ESP32, mqtt__tls={"ca": "/c/ca.pem", "cert": "/c/me.pem"})),
+    ("tls insecure without a ca", make(UNIX, mqtt__tls={"insecure": True})),
+    ("tls insecure false with a ca", make(UNIX, mqtt__tls={"ca": "ca.pem", "insecure": False})),
     ("secrets merged", make(ESP32, wifi__password="x" * 63, mqtt__user="u", mqtt__password="")),
     ("editor keys", make(UNIX, **{"$schema": "./schema.json", "description": "a board"})),
     ("unix may keep a wifi section", make(UNIX, wifi={"ssid": "ignored"})),
@@ -98,6 +102,8 @@ GOOD = [
     ("ring partition, 16-character label", make(C3, ring__partition="ring_store-01234")),
     ("flash size 2MB", make(ESP32, flash={"offset": "0x1000", "size": "2MB"})),
     ("16 sensors", make(UNIX, sensors={"s%d" % i: {"kind": "sim"} for i in range(16)})),
+    ("ntp", make(UNIX, time={"ntp_servers": ["pool.ntp.org", "192.168.1.1:123"], "timeout_s": 2, "retry_s": 30})),
+    ("ntp limits", make(ESP32, time={"ntp_servers": ["a", "b", "c", "d"], "timeout_s": 30, "retry_s": 86400})),
     ("sensor name with dash", make(UNIX, sensors={"bench-air": {"kind": "sim"}})),
 ]
 
@@ -141,6 +147,14 @@ BAD = [
     ("qos 3", make(UNIX, mqtt__qos=3), {"mqtt.qos"}, "integer 0..2"),
     ("tls without ca", make(UNIX, mqtt__tls={}), {"mqtt.tls.ca"}, "required"),
     ("tls true", make(UNIX, mqtt__tls=True), {"mqtt.tls"}, "object"),
+    ("tls insecure false without ca", make(UNIX, mqtt__tls={"insecure": False}), {"mqtt.tls.ca"}, "insecure"),
+    ("tls insecure with a ca", make(UNIX, mqtt__tls={"ca": "ca.pem", "insecure": True}), {"mqtt.tls.ca"},
+     "not used with"),
+    ("tls key without cert", make(UNIX, mqtt__tls={"ca": "ca.pem", "key": "me.key"}), {"mqtt.tls.cert"},
+     "required with mqtt.tls.key"),
+    ("tls insecure a string", make(UNIX, mqtt__tls={"ca": "ca.pem", "insecure": "yes"}), {"mqtt.tls.insecure"},
+     "true or false"),
+    ("tls cert empty", make(UNIX, mqtt__tls={"ca": "ca.pem", "cert": ""}), {"mqtt.tls.cert"}, "1..255"),
     ("client id with a space", make(UNIX, mqtt__client_id="sensor {uid}"), {"mqtt.client_id"}, "placeholders"),
     ("client id unknown placeholder", make(UNIX, mqtt__client_id="sensor-{id}"), {"mqtt.client_id"}, "placeholders"),
     ("prefix with a wildcard", make(UNIX, mqtt__topic_prefix="sensors/#"), {"mqtt.topic_prefix"}, "wildcards"),
@@ -221,6 +235,12 @@ BAD = [
     ("adc samples 0", make(ESP32, sensors={"x": {"kind": "adc", "pins": {"adc": 34}, "samples": 0}}),
      {"sensors.x.samples"}, "1..64"),
     ("top-level typo", make(UNIX, sensor={"x": {"kind": "sim"}}), {"sensor"}, "unknown key"),
+    ("ntp servers empty", make(UNIX, time={"ntp_servers": []}), {"time.ntp_servers"}, "1..4"),
+    ("ntp server a string", make(UNIX, time={"ntp_servers": "pool.ntp.org"}), {"time.ntp_servers"}, "list"),
+    ("ntp server with a space", make(UNIX, time={"ntp_servers": ["ok", "a b"]}), {"time.ntp_servers.1"},
+     "host name"),
+    ("ntp timeout 0", make(UNIX, time={"timeout_s": 0}), {"time.timeout_s"}, "1..30"),
+    ("ntp unknown key", make(UNIX, time={"server": "x"}), {"time.server"}, "unknown key"),
     ("uid with a space", make(UNIX, uid="my node"), {"uid"}, "letters, digits"),
     ("description a number", make(UNIX, description=5), {"description"}, "string"),
     ("two problems at once", make(UNIX, mqtt__port="1883", mqtt__qos=5), {"mqtt.port", "mqtt.qos"}, "1..65535"),
@@ -420,6 +440,23 @@ def test_tool_names_the_key_and_the_problem(tmp_path):
     assert "mqtt.port: 70000 is greater than the maximum of 65535" in r.stdout
     assert "sensors.x.pins.adc:" in r.stdout
     assert "DISAGREEMENT" not in r.stdout
+
+
+def test_tool_checks_that_the_certificate_files_exist_to_deploy(tmp_path):
+    """An ESP32 board's mqtt.tls.ca "/certs/ca.pem" is deployed from boards/certs/ca.pem: the
+    error names the key, the device path and the missing local file."""
+    d = tmp_path / "boards"
+    (d / "certs").mkdir(parents=True)
+    (d / "node.json").write_text(json.dumps(make(ESP32, board="node", mqtt__tls={
+        "ca": "/certs/ca.pem", "cert": "/certs/node.crt", "key": "/certs/node.key"})))
+    (d / "certs" / "ca.pem").write_text("x")
+    (d / "certs" / "node.crt").write_text("x")
+    r = run_tool(d / "node.json")
+    assert r.returncode == 1
+    assert r.stdout.strip().splitlines() == ["%s: mqtt.tls.key: no such file %s (for /certs/node.key on the device:"
+                                             " make deploy copies /X from %s/X)" % (d / "node.json", d / "certs" / "node.key", d)]
+    (d / "certs" / "node.key").write_text("x")
+    assert run_tool(d / "node.json").returncode == 0
 
 
 def test_tool_checks_that_the_ring_partition_fits_the_flash(tmp_path):

@@ -756,6 +756,38 @@ def test_deploy_warns_about_secrets_files_git_would_commit(boards, tmp_path, cap
     assert "devkit.secrets.json is tracked by git" in err
 
 
+def test_deploy_copies_the_certificates_and_leaves_out_the_host_board_layer(boards, src_root, tmp_path,
+                                                                           capsys):
+    """mqtt.tls names device paths; /X comes from boards/X.  hostboard.py and hostsim.py (the
+    host's board layer) are never loaded on a board: they stay behind."""
+    for name in ("hostboard.py", "hostsim.py", "esp32board.py"):
+        (src_root / "firmware" / name).write_text("X = 1\n")
+    board = dict(BOARDS["devkit"], mqtt={"host": "h", "tls": {"ca": "/certs/ca.pem", "cert": "/certs/me.crt",
+                                                              "key": "/certs/me.key"}})
+    (boards / "devkit.json").write_text(json.dumps(board))
+    (boards / "certs").mkdir()
+    for name in ("ca.pem", "me.crt"):
+        (boards / "certs" / name).write_text("PEM " + name)
+    device = tmp_path / "device"
+    status, out, err = deploy_to_folder(boards, device, capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert "mqtt.tls.key: no such file %s (for /certs/me.key on the device" % (boards / "certs" / "me.key") in err
+    (boards / "certs" / "me.key").write_text("PEM me.key")
+    status, out, err = deploy_to_folder(boards, device, capsys)
+    assert status == 0, err
+    for name in ("ca.pem", "me.crt", "me.key"):
+        assert (device / "certs" / name).read_text() == "PEM " + name
+    assert "(mqtt.tls.key)" in out
+    assert (device / "esp32board.mpy").exists()
+    assert not (device / "hostboard.mpy").exists() and not (device / "hostsim.mpy").exists()
+    # the unix port's board layer is the host's: there they are deployed
+    host = dict(BOARDS["host"], mqtt={"host": "h"})
+    (boards / "host.json").write_text(json.dumps(host))
+    status, out, err = run(deploy, ["--board", "host", "--boards-dir", boards, "--device-dir", tmp_path / "hd",
+                                    "--build-dir", tmp_path / "hb"], capsys)
+    assert status == 0 and (tmp_path / "hd" / "hostboard.mpy").exists(), err
+
+
 def test_deep_merge():
     assert deep_merge({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"c": 3, "e": 4}, "d": {"x": 1}}) \
         == {"a": {"b": 1, "c": 3, "e": 4}, "d": {"x": 1}}

@@ -8,7 +8,9 @@
    secrets files are deep-merged over it (devtools/boards.py); the result goes to /board.json.
 2. lib/**/*.py -> /lib/**/*.mpy and firmware/**/*.py -> /**/*.mpy are compiled with mpy-cross
    (-march for the board's chip) into build/deploy/NAME/; firmware/boot.py and firmware/main.py
-   stay source, since MicroPython runs them by name.
+   stay source, since MicroPython runs them by name; the host board layer (hostboard.py,
+   hostsim.py) is left out on an ESP32 chip. The files mqtt.tls names (ca, cert, key: device
+   paths /X) are copied from boards/X, which must exist.
 3. The device is asked (one `mpremote exec`) for sys.implementation._mpy, its version, the
    manifest /.deploy.json of the files an earlier deploy wrote, and the size and sha256 of each
    file to deploy (hashed on the device). A device that cannot import the compiled files, or runs
@@ -36,11 +38,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devtools import ROOT, ToolError, fail, shown_path, venv_python  # noqa: E402
 from devtools import mpy  # noqa: E402
-from devtools.boards import CHIPS, load_config  # noqa: E402
+from devtools.boards import CHIPS, device_files, load_config  # noqa: E402
 
 MANIFEST = "/.deploy.json"
 CONFIG = "/board.json"
 KEEP_SOURCE = ("boot.py", "main.py")  # run by name from the root of the file system
+HOST_ONLY = ("hostboard.py", "hostsim.py")  # the host board layer: never loaded on a board
 PROBE_MARK = "DEPLOY-PROBE "
 SUPPORTED = (1, 25)  # oldest MicroPython the project is tested with
 
@@ -67,8 +70,9 @@ def _item(remote, local, source, header=None):
     return Item(remote, Path(local), source, len(data), hashlib.sha256(data).hexdigest(), header)
 
 
-def stage(board_name, config, march, build_dir):
-    """Compile and collect everything to deploy into build_dir/board_name. Returns Items."""
+def stage(board_name, config, march, build_dir, files=()):
+    """Compile and collect everything to deploy into build_dir/board_name, plus `files`
+    ([(key, device path, local path)]: the certificates the config names). Returns Items."""
     stage_dir = Path(build_dir) / board_name
     shutil.rmtree(stage_dir, ignore_errors=True)
     stage_dir.mkdir(parents=True)
@@ -82,6 +86,8 @@ def stage(board_name, config, march, build_dir):
                 continue
             rel = src.relative_to(tree).as_posix()
             source = shown_path(src)
+            if remote_base == "" and rel in HOST_ONLY and config.get("chip") != "unix":
+                continue
             if remote_base == "" and rel in KEEP_SOURCE:
                 dst = stage_dir / rel
                 shutil.copyfile(src, dst)
@@ -96,6 +102,8 @@ def stage(board_name, config, march, build_dir):
     dst.write_text(json.dumps(config, sort_keys=True, separators=(",", ":")), encoding="utf-8")
     os.chmod(dst, 0o600)  # it holds the secrets
     items.append(_item(CONFIG, dst, "merged board config"))
+    for key, remote, local in files:
+        items.append(_item(remote, local, "%s (%s)" % (shown_path(local), key)))
     return items
 
 
@@ -368,7 +376,8 @@ def main(argv=None):
                             "`.venv/bin/python -m serial.tools.list_ports`)")
         march = CHIPS[chip]["march"]
         cross_text, cross_version, cross_sub = mpy.mpy_cross_version(mpy.mpy_cross_command())
-        items = stage(args.board, config, march, args.build_dir)
+        files = device_files(config, args.boards_dir) if chip != "unix" else []
+        items = stage(args.board, config, march, args.build_dir, files)
     except ToolError as e:
         return fail("deploy", e)
 

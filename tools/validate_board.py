@@ -17,7 +17,9 @@ For each board file it checks, and prints one line per problem as `<file>: <key>
   - the device's own validator (firmware/validate.py, run here under CPython) agrees; if it
     does not, that is a bug in one of the two and is reported as such;
   - an ESP32 board with ring.partition gets a partition table (tools/partitions.py): the ring
-    fits in what the vfs of its flash.size can give.
+    fits in what the vfs of its flash.size can give;
+  - the files mqtt.tls names (ca, cert, key) exist: for an ESP32 chip the device path /X is
+    deployed from boards/X (tools/deploy.py copies it), for unix the path is read as it is.
 Exit status: 0 all valid, 1 a problem, 2 usage.
 """
 import argparse
@@ -28,7 +30,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devtools.boards import RESERVED_IN_SECRETS, deep_merge, secret_keys as leaked_secrets, secrets_paths  # noqa: E402,F401  (one rule for deploy and here)
+from devtools.boards import RESERVED_IN_SECRETS, deep_merge, missing_files, secret_keys as leaked_secrets, secrets_paths  # noqa: E402,F401  (one rule for deploy and here)
 from partitions import problems as partition_problems  # noqa: E402  (one rule for flash and here)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,6 +173,7 @@ def check(path, use_secrets=True, validator=None):
     if not found:  # the layout rules need a well-formed file
         for p, msg in partition_problems(merged):
             errors.append("%s: %s" % (p, msg))
+        errors += missing_files(merged, path.parent)  # the certificate files make deploy copies
     return errors, warnings, merged
 
 

@@ -4,5 +4,6 @@ from .codec import MQTTException, ProtocolError, MalformedPacket, TopicError
 from .session import ConnectRefused, ConnectionLost, PacketTooLarge
 from .store import StoreFull
 from .client import MQTTClient
+from .compat import TLSError
 
 __version__ = "0.1.0"

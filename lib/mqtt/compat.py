@@ -52,6 +52,27 @@ def unload(name):
             pass
 
 
+_TICKS = (ticks_ms, ticks_diff, ticks_add)  # the platform's (MicroPython: time's)
+
+
+def set_clock(ms, diff, add):
+    """Replace the tick source: ticks_ms, ticks_diff and ticks_add (tests: a 30-bit clock
+    started just before it wraps, as an ESP32's does every 2^30 ms).  Rebinds them here and
+    in every loaded module that imported them by name from here or from MicroPython's time;
+    modules imported later take the new ones from here."""
+    g = globals()
+    for i, name, new in ((0, "ticks_ms", ms), (1, "ticks_diff", diff), (2, "ticks_add", add)):
+        old = g[name]
+        for m in list(sys.modules.values()):
+            try:
+                f = getattr(m, name, None)
+                if f is old or f is _TICKS[i]:
+                    setattr(m, name, new)
+            except Exception:  # a built-in module (MicroPython's time) cannot be changed
+                pass
+        g[name] = new
+
+
 # errno names, never numbers: a socket timeout is EAGAIN on the unix port and
 # ETIMEDOUT on ESP32; CPython raises BlockingIOError (EAGAIN/EWOULDBLOCK).  Every
 # exception has .errno on MicroPython (it is args[0]).
@@ -112,7 +133,10 @@ def check_connected(s):
             raise OSError(err, "connect failed")
 
 
-_quickack = [True]  # cleared once the stack refuses TCP_QUICKACK (not Linux)
+# TCP_QUICKACK is Linux's alone.  lwIP (ESP32) does not raise for an option it lacks: it
+# prints "Warning: lwip.setsockopt() option not implemented" on every call
+# (ports/esp32/modsocket.c), so elsewhere it is never even tried.
+_quickack = [sys.platform == "linux"]  # cleared if a Linux kernel refuses it too
 
 
 def ack_now(s):
@@ -126,45 +150,18 @@ def ack_now(s):
             _quickack[0] = False
 
 
-def wrap_tls(s, server, params, timeout_ms):
-    """Wrap a connected socket in TLS and return it non-blocking (the handshake runs
-    blocking, bounded by timeout_ms).  params (umqtt's ssl_params, extended):
-      cafile / cadata  - CA to verify the broker with (hostname included)
-      server_hostname  - name to verify and send as SNI (default: server)
-      certfile/keyfile or cert/key - client certificate
-      cert_reqs        - ssl.CERT_NONE to skip verification
-      context          - an SSLContext to use as it is
-    Without a CA the link is encrypted but the broker is not authenticated."""
-    import ssl
+class TLSError(OSError):
+    """TLS cannot start: a CA, client certificate or key file is missing or not a valid
+    certificate/key, or the broker's certificate failed the check.  An OSError, so code
+    that handles unreachable brokers (and reconnect=True) handles it too; str(e) is the
+    same sentence on CPython and MicroPython."""
 
-    ctx = params.get("context")
-    if ctx is None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ca = params.get("cafile")
-        cadata = params.get("cadata")
-        if not (ca or cadata) or params.get("cert_reqs", ssl.CERT_REQUIRED) == ssl.CERT_NONE:
-            if not MICROPYTHON:
-                ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        else:
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            if ca:
-                ctx.load_verify_locations(cafile=ca)
-            else:
-                ctx.load_verify_locations(cadata=cadata)
-        cert = params.get("certfile") or params.get("cert")
-        if cert:
-            ctx.load_cert_chain(cert, params.get("keyfile") or params.get("key"))
-    s.setblocking(True)
-    s.settimeout(timeout_ms / 1000)
-    try:
-        t = ctx.wrap_socket(s, server_hostname=params.get("server_hostname", server))
-    except ValueError as e:
-        # MicroPython reports a failed verification as ValueError; make it an OSError
-        # like CPython's SSLCertVerificationError, so callers catch one kind.
-        raise OSError("TLS handshake failed: %s" % e)
-    t.setblocking(False)
-    return t
+
+def wrap_tls(s, server, params, timeout_ms):
+    """TLS over a connected socket: see tls.py (loaded only by a client that uses TLS)."""
+    from .tls import wrap
+
+    return wrap(s, server, params, timeout_ms)
 
 
 if MICROPYTHON:

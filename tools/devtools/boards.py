@@ -15,7 +15,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from . import ToolError, shown_path
+from . import ROOT, ToolError, shown_path
 
 # What the tools need to know per chip. `download` is the board name on
 # micropython.org/download/ for the generic firmware of that chip; `march` is mpy-cross's
@@ -79,6 +79,35 @@ def load_board(name, boards_dir):
             raise ToolError('%s: "flash": {"offset": "0x..."} (a hex string) is required for '
                             'chip %s' % (where, chip))
     return board
+
+
+TLS_FILES = ("ca", "cert", "key")  # mqtt.tls keys naming files the device reads
+
+
+def device_files(config, boards_dir):
+    """[(dotted key, device path, local Path)] for the files the configuration names for the
+    device (mqtt.tls.ca / cert / key). On an ESP32 chip the device path /X is deployed from
+    <boards dir>/X; the unix port reads the path itself (relative to the repository root)."""
+    mqtt = config.get("mqtt")
+    tls = mqtt.get("tls") if isinstance(mqtt, dict) else None
+    out = []
+    for key in TLS_FILES if isinstance(tls, dict) else ():
+        remote = tls.get(key)
+        if isinstance(remote, str) and remote:
+            if config.get("chip") == "unix":
+                local = Path(remote) if Path(remote).is_absolute() else ROOT / remote
+            else:
+                local = Path(boards_dir) / remote.lstrip("/")
+            out.append(("mqtt.tls." + key, remote, local))
+    return out
+
+
+def missing_files(config, boards_dir):
+    """One line per file of device_files() that is not there to deploy."""
+    return ["%s: no such file %s (for %s on the device: make deploy copies /X from %s/X)"
+            % (key, shown_path(local), remote, shown_path(boards_dir)) if config.get("chip") != "unix"
+            else "%s: no such file %s" % (key, shown_path(local))
+            for key, remote, local in device_files(config, boards_dir) if not local.is_file()]
 
 
 def flash_offset(board):
@@ -163,6 +192,12 @@ def load_config(name, boards_dir):
         merged = deep_merge(merged, secrets)
     warnings += _git_warnings(paths)
     _validate_schema(merged, board_file, paths, Path(boards_dir) / "schema.json", loaded)
+    missing = missing_files(merged, boards_dir)
+    if missing:
+        raise ToolError("; ".join(missing))
+    # a client key is a secret like a password: it must not be committed
+    warnings += _git_warnings([local for key, _, local in device_files(merged, boards_dir)
+                               if key == "mqtt.tls.key" and merged["chip"] != "unix"])
     return merged, {"board_file": board_file, "secrets": paths,
                     "n_secrets": sum(_count_leaves(s) for s in loaded), "warnings": warnings}
 
