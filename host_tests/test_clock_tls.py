@@ -127,7 +127,7 @@ def tls_args(pki, ntp, *extra):
 
 
 def test_tls_waits_for_the_clock_set_by_ntp_and_says_so_once(fw, tls_broker, pki, ntp):
-    fw.heap = "256K"  # the unix port's mbedTLS takes its record buffers from the MicroPython heap
+    fw.heap = "384K"  # the unix port's mbedTLS takes its record buffers from the MicroPython heap
     fw.binary = MICROPYTHON  # TLS: the 64-bit port (the 32-bit one is built without ssl)
     peer = TLSPeer(tls_broker, pki / "ca.crt")
     try:
@@ -154,7 +154,7 @@ def test_tls_waits_for_the_clock_set_by_ntp_and_says_so_once(fw, tls_broker, pki
 
 def test_the_clock_set_by_ntp_survives_deep_sleep(fw, tls_broker, pki, ntp):
     """The RTC keeps running in deep sleep: the wake-up connects without asking NTP again."""
-    fw.heap = "256K"
+    fw.heap = "384K"
     fw.binary = MICROPYTHON  # TLS: the 64-bit port (the 32-bit one is built without ssl)
     ntp.answer = True
     args = tls_args(pki, ntp, "--set", "power.mode=deep-sleep", "--set", "power.wake_period_s=0.5",
@@ -212,7 +212,7 @@ def test_a_certificate_file_the_board_names_but_lacks_stops_the_app(fw, broker, 
 def test_insecure_tls_with_a_client_certificate_holding_its_key(fw, make_broker, pki, client_pem):
     """Against a broker that admits only clients with a certificate from its CA; the device does
     not check the broker (mqtt.tls.insecure: true) and says so once."""
-    fw.heap = "256K"
+    fw.heap = "384K"
     fw.binary = MICROPYTHON  # TLS: the 64-bit port (the 32-bit one is built without ssl)
     b = make_broker(conf="cafile {0}/ca.crt\ncertfile {0}/server.crt\nkeyfile {0}/server.key\n"
                     "require_certificate true".format(pki))

@@ -237,7 +237,7 @@ def test_boots_with_each_board_file_and_publishes_at_the_configured_qos(fw, name
         fw.binary = MICROPYTHON  # the 32-bit port is built without ssl
         b = make_broker(conf="cafile %s/ca.crt\ncertfile %s/server.crt\nkeyfile %s/server.key" % (pki, pki, pki))
         args += ["--set", "mqtt.tls.ca=%s/ca.crt" % pki, "--set", "mqtt.tls.server_hostname=localhost"]
-        fw.heap = "256K"  # the unix port's mbedTLS takes its record buffers from the MicroPython heap
+        fw.heap = "384K"  # the unix port's mbedTLS takes its record buffers from the MicroPython heap
         peer = TLSPeer(b, pki / "ca.crt")
         tls_peers.append(peer)
     else:

@@ -174,9 +174,11 @@ class MQTTClient:
                     self._sleep_until_retry(left)
                 if not self.is_connected():
                     return sess.publish(topic, msg, qos, retain, ticks_ms())
-            if qos and sess.window_full():
+            # connected: wait while the window is full, or the store (which filled while
+            # the link was down) has no slot left
+            if qos and (sess.window_full() or store.count >= store.capacity):
                 start = ticks_ms()
-                while sess.window_full() and self.is_connected():
+                while (sess.window_full() or store.count >= store.capacity) and self.is_connected():
                     left = self._left(start, self.timeout_ms)
                     if left <= 0:
                         self._link_lost(ConnectionLost("timed out waiting for the in-flight window"))
