@@ -1,9 +1,14 @@
 """tools/mqttc.py (Contract 2) on both runtimes against a real Mosquitto."""
+import subprocess
 import time
 
 import pytest
 
 from conftest import ok
+
+# exit status per class of failure (mqttc --help)
+EXIT_USAGE, EXIT_CONNECTION, EXIT_TLS, EXIT_PROTOCOL, EXIT_STORE, EXIT_SUBSCRIBE = 6, 7, 8, 9, 10, 11
+EXIT_TIMEOUT, EXIT_INTERRUPTED = 27, 130
 
 
 def common(broker):
@@ -22,6 +27,8 @@ def start_sub(rt, broker, *args):
 
 
 def finish(p, timeout=20):
+    if p.stdin and p.stdin.closed:
+        p.stdin = None  # closed by the test: communicate() must not flush it
     try:
         out, err = p.communicate(timeout=timeout)
     finally:
@@ -126,15 +133,16 @@ def test_suback_failure_is_an_error(rt):
     t.start()
     r = rt.mqttc("sub", "-p", str(port), "-t", "secret/#", "-W", "5")
     srv.close()
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == EXIT_SUBSCRIBE, r.stderr
     assert b"0x80" in r.stderr
 
 
 def test_refused_tcp_connection_is_one_clear_line(rt):
     from conftest import free_port
     r = rt.mqttc("pub", "-p", str(free_port()), "-t", "x", "-m", "y")
-    assert r.returncode == 1
+    assert r.returncode == EXIT_CONNECTION
     assert len(r.stderr.decode().strip().splitlines()) == 1
+    assert b"connection refused" in r.stderr
 
 
 @pytest.mark.parametrize("args", [
@@ -150,7 +158,8 @@ def test_refused_tcp_connection_is_one_clear_line(rt):
         "pub-option-on-sub", "unknown-command"])
 def test_usage_errors(rt, args):
     r = rt.mqttc(*args)
-    assert r.returncode == 2 and b"usage:" in r.stderr and r.stdout == b""
+    assert r.returncode == EXIT_USAGE and r.stdout == b"", r.stderr
+    assert len(r.stderr.splitlines()) == 1 and b"mqttc --help" in r.stderr
 
 
 def test_generated_client_id_and_debug_log_on_stderr_only(rt, broker):
@@ -180,7 +189,7 @@ def test_lost_connection_without_c_ends_promptly(rt, make_broker):
     s = start_sub(rt, b, "-t", "lost/t")
     b.kill()
     rc, out, err = finish(s, timeout=15)
-    assert rc == 1 and err.strip().splitlines()[-1].startswith(b"mqttc: ")
+    assert rc == EXIT_CONNECTION and err.strip().splitlines()[-1].startswith(b"mqttc: lost the connection")
 
 
 def test_reconnects_with_c_and_gets_what_was_queued_meanwhile(rt, make_broker, peer_factory):
@@ -200,3 +209,108 @@ def test_reconnects_with_c_and_gets_what_was_queued_meanwhile(rt, make_broker, p
     rc, out, err = finish(s, timeout=30)
     assert rc == 0, err
     assert out == b"after\n"
+
+
+# ---- waiting on stdin: the link stays up, acks are read as they come -----------------
+
+
+def test_pub_lines_sends_pingreq_while_stdin_is_quiet(rt, broker, peer_factory):
+    """A pipe quiet for longer than the keepalive must not cost the connection (the
+    broker drops a client silent for 1.5 x keepalive)."""
+    p = peer_factory(broker)
+    p.subscribe("ka/t", 1)
+    s = rt.mqttc_spawn("pub", *common(broker), "-t", "ka/t", "-l", "-q", "1", "-k", "1", "-d",
+                       stdin=subprocess.PIPE)
+    s.stdin.write(b"first\n")
+    s.stdin.flush()
+    time.sleep(3.5)
+    s.stdin.write(b"second\n")
+    s.stdin.close()
+    rc, out, err = finish(s)
+    assert rc == 0, err
+    assert err.count(b"> PINGREQ") >= 2 and b"< PINGRESP" in err
+    assert [m[1] for m in p.wait_for(2)] == [b"first", b"second"]
+
+
+def test_pub_stdin_file_is_one_message_and_keeps_the_link_alive(rt, broker, peer_factory):
+    p = peer_factory(broker)
+    p.subscribe("s/t", 1)
+    s = rt.mqttc_spawn("pub", *common(broker), "-t", "s/t", "-s", "-q", "1", "-k", "1", "-d",
+                       stdin=subprocess.PIPE)
+    s.stdin.write(b"line one\nline")
+    s.stdin.flush()
+    time.sleep(2.5)
+    s.stdin.write(b" two\n")
+    s.stdin.close()
+    rc, out, err = finish(s)
+    assert rc == 0, err
+    assert b"> PINGREQ" in err
+    assert p.wait_for(1) == [("s/t", b"line one\nline two\n", 1, False)]
+
+
+def test_pub_lines_reads_each_ack_as_it_comes(rt, broker):
+    """PUBACKs are read while stdin is waited on, not only once the window is full: a
+    dropped link then resends only what was really unacknowledged."""
+    s = rt.mqttc_spawn("pub", *common(broker), "-t", "acks/t", "-l", "-q", "1", "-d",
+                       stdin=subprocess.PIPE)
+    s.stdin.write(b"one\n")
+    s.stdin.flush()
+    deadline = time.monotonic() + 10
+    seen = b""
+    while time.monotonic() < deadline and b"< PUBACK pid=1" not in seen:
+        seen += s.stderr.readline()
+    assert b"< PUBACK pid=1" in seen  # while stdin is still open
+    s.stdin.close()
+    rc, out, err = finish(s)
+    assert rc == 0, err
+
+
+# ---- the store's size and capacity, and a line when it is full --------------------------
+
+
+def test_store_flags_set_the_ring_and_a_full_store_says_so(rt, make_broker, tmp_path):
+    from conftest import free_port
+    port = free_port()
+    ring = tmp_path / "ring.bin"
+    s = rt.mqttc_spawn("pub", "-p", str(port), "-t", "full/t", "-l", "-q", "1", "-c", "-i", "full-pub",
+                       "--store", str(ring), "--store-size", "16K", "--store-capacity", "3",
+                       stdin=subprocess.PIPE)
+    s.stdin.write(b"".join(b"m%d\n" % i for i in range(5)))
+    s.stdin.close()
+    deadline = time.monotonic() + 20
+    seen = b""
+    while time.monotonic() < deadline and b"store full" not in seen:
+        seen += s.stderr.readline()
+    assert b"mqttc: store full (3 messages) in " + str(ring).encode() in seen
+    assert ring.stat().st_size == 16384
+    b = make_broker(port=port)
+    rc, out, err = finish(s, timeout=40)
+    assert rc == 0, seen + err  # 0: the broker acknowledged all five
+    assert b.log_text().count("Received PUBLISH from full-pub") == 5
+
+
+def test_store_size_below_three_sectors_is_a_usage_error(rt, tmp_path):
+    r = rt.mqttc("pub", "-t", "x", "-m", "y", "--store", str(tmp_path / "r"), "--store-size", "8192")
+    assert r.returncode == EXIT_USAGE and b"--store-size" in r.stderr
+
+
+# ---- --max-packet, and a default that takes big messages -------------------------------
+
+
+def test_sub_receives_a_256_kb_message_by_default(rt, broker, peer_factory):
+    """CPython takes any packet MQTT allows; the unix port what its heap allows (1M here)."""
+    rt.heap = "1M"
+    s = start_sub(rt, broker, "-t", "big/t", "-q", "1", "-C", "1")
+    payload = bytes(range(256)) * 1024
+    peer_factory(broker).publish("big/t", payload, qos=1)
+    rc, out, err = finish(s)
+    assert rc == 0, err
+    assert out == payload + b"\n"
+
+
+def test_max_packet_refuses_a_bigger_packet_naming_the_flag(rt, broker, peer_factory):
+    s = start_sub(rt, broker, "-t", "mp/t", "--max-packet", "1K")
+    peer_factory(broker).publish("mp/t", b"x" * 2000, qos=1)
+    rc, out, err = finish(s)
+    assert rc == EXIT_PROTOCOL, err
+    assert err.splitlines()[-1].startswith(b"mqttc: the broker sent a packet larger than --max-packet")

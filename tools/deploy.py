@@ -8,7 +8,8 @@
    secrets files are deep-merged over it (devtools/boards.py); the result goes to /board.json.
 2. lib/**/*.py -> /lib/**/*.mpy and firmware/**/*.py -> /**/*.mpy are compiled with mpy-cross
    (-march for the board's chip) into build/deploy/NAME/; firmware/boot.py and firmware/main.py
-   stay source, since MicroPython runs them by name.
+   stay source, since MicroPython runs them by name. lib/mqttc (the command-line client) stays
+   on the host.
 3. The device is asked (one `mpremote exec`) for sys.implementation._mpy, its version, the
    manifest /.deploy.json of the files an earlier deploy wrote, and the size and sha256 of each
    file to deploy (hashed on the device). A device that cannot import the compiled files, or runs
@@ -41,6 +42,7 @@ from devtools.boards import CHIPS, load_config  # noqa: E402
 MANIFEST = "/.deploy.json"
 CONFIG = "/board.json"
 KEEP_SOURCE = ("boot.py", "main.py")  # run by name from the root of the file system
+HOST_ONLY = ("mqttc",)  # lib/mqttc: the command-line client, of no use on a board
 PROBE_MARK = "DEPLOY-PROBE "
 SUPPORTED = (1, 25)  # oldest MicroPython the project is tested with
 
@@ -81,6 +83,8 @@ def stage(board_name, config, march, build_dir):
             if "__pycache__" in src.parts:
                 continue
             rel = src.relative_to(tree).as_posix()
+            if remote_base == "/lib" and rel.split("/")[0] in HOST_ONLY:
+                continue
             source = shown_path(src)
             if remote_base == "" and rel in KEEP_SOURCE:
                 dst = stage_dir / rel
