@@ -575,3 +575,78 @@ def test_same_command_lines_as_mosquitto_behave_alike(rt, broker, tls_broker_for
     assert results["mqttc"] == results["mosq"]
     assert results["mqttc"][0] == (0, 0, b"3:one\n3:two\n0:\n4:four\n")
     assert results["mqttc"][5][2] == b"cmp/ret kept\n" and results["mqttc"][6][3] == b"cmp/u/b queued\n"
+
+
+# ---- no traceback: one line, a class of exit status, the same text on both runtimes ----
+
+
+@pytest.fixture
+def plain_and_tls(make_broker, tls_pki):
+    plain = make_broker()
+    tls = make_broker(conf="cafile %s/ca.crt\ncertfile %s/server.crt\nkeyfile %s/server.key"
+                      % (tls_pki, tls_pki, tls_pki))
+    return plain, tls
+
+
+BAD_INPUTS = [
+    # (id, arguments ({plain}/{tls} ports, {tmp} dir, {ca} file), exit status, words in the line)
+    ("empty-topic", ["pub", "-t", "", "-m", "x"], EXIT_USAGE, "-t is empty"),
+    ("empty-filter", ["sub", "-t", ""], EXIT_USAGE, "-t is empty"),
+    ("wildcard-topic", ["pub", "-t", "a/#", "-m", "x"], EXIT_USAGE, "cannot hold wildcards"),
+    ("bad-filter", ["sub", "-t", "a/b#"], EXIT_USAGE, "'#' must be a whole last level"),
+    ("unknown-option", ["pub", "--frob"], EXIT_USAGE, "unknown option '--frob'"),
+    ("not-a-number", ["pub", "-t", "x", "-m", "y", "-k", "abc"], EXIT_USAGE, "-k needs a whole number"),
+    ("bad-size", ["pub", "-t", "x", "-m", "y", "--max-packet", "lots"], EXIT_USAGE, "--max-packet needs a size"),
+    ("missing-file", ["pub", "-t", "x", "-f", "{tmp}/nope"], EXIT_USAGE, "cannot read -f {tmp}/nope: no such file"),
+    ("store-no-dir", ["pub", "-t", "x", "-m", "y", "-q", "1", "--store", "{tmp}/no/ring"], EXIT_STORE,
+     "there is no directory {tmp}/no"),
+    ("store-is-dir", ["pub", "-t", "x", "-m", "y", "-q", "1", "--store", "{tmp}"], EXIT_STORE,
+     "is a directory, not a ring file"),
+    ("store-not-ring", ["pub", "-t", "x", "-m", "y", "-q", "1", "--store", "{tmp}/junk"], EXIT_STORE,
+     "is not a ring file"),
+    ("store-too-big", ["pub", "-p", "{plain}", "-t", "x", "-f", "{tmp}/big", "-q", "1", "--store", "{tmp}/ring"],
+     EXIT_STORE, "message too large for a ring record"),
+    ("refused", ["pub", "-p", "{free}", "-t", "x", "-m", "y"], EXIT_CONNECTION,
+     "cannot connect to 127.0.0.1:{free}: connection refused"),
+    ("bad-host", ["pub", "-h", "no-such-host.invalid", "-t", "x", "-m", "y"], EXIT_CONNECTION,
+     "cannot find host 'no-such-host.invalid'"),
+    ("missing-cafile", ["pub", "-p", "{tls}", "--cafile", "{tmp}/ca.pem", "-t", "x", "-m", "y"], EXIT_TLS,
+     "cannot read --cafile {tmp}/ca.pem: no such file"),
+    ("plain-on-tls", ["pub", "-p", "{tls}", "-t", "x", "-m", "y"], EXIT_CONNECTION,
+     "closed the connection before answering CONNECT (a TLS port? add --cafile"),
+    ("tls-on-plain", ["pub", "-p", "{plain}", "--cafile", "{ca}", "-t", "x", "-m", "y"], EXIT_TLS,
+     "TLS handshake with 127.0.0.1:{plain} failed: the connection was reset (a plain MQTT port?"),
+    ("untrusted", ["pub", "-p", "{tls}", "--cafile", "{other}", "-t", "x", "-m", "y"], EXIT_TLS,
+     "is not signed by --cafile {other}"),
+]
+
+
+@pytest.mark.parametrize("args,status,words", [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_one_line_and_an_exit_class_the_same_on_both_runtimes(
+        args, status, words, plain_and_tls, tls_pki, tmp_path):
+    from conftest import Runtime
+    (tmp_path / "junk").write_bytes(b"this is not a ring" * 1000)
+    (tmp_path / "big").write_bytes(b"x" * 5000)
+    plain, tls = plain_and_tls
+    v = {"plain": plain.port, "tls": tls.port, "tmp": tmp_path, "free": free_port(),
+         "ca": tls_pki / "ca.crt", "other": tls_pki / "other.crt"}
+    argv = [a.format(**v) for a in args]
+    got = []
+    for name in ("cpython", "micropython"):
+        r = Runtime(name, tmp_path, heap="256K").mqttc(*argv)
+        assert r.returncode == status, (name, r.stderr)
+        assert b"Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1, (name, r.stderr)
+        assert words.format(**v) in r.stderr.decode(), (name, r.stderr)
+        got.append(r.stderr)
+    assert got[0] == got[1]
+
+
+def test_a_closed_stdout_ends_sub_quietly(rt, broker, peer_factory):
+    s = start_sub(rt, broker, "-t", "pipe/t")
+    s.stdout.close()  # as `mqttc sub ... | head -1` once head has exited
+    p = peer_factory(broker)
+    for i in range(3):
+        p.publish("pipe/t", "x", qos=1)
+    s.stdout = None
+    rc, out, err = finish(s)
+    assert rc == 0 and b"Traceback" not in err, err

@@ -23,7 +23,6 @@
 --device-dir DIR runs the same plan against a local folder standing in for the device's file
 system (for tests and for the unix port): the device's _mpy then comes from --device-mpy.
 """
-import argparse
 import hashlib
 import json
 import os
@@ -35,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devtools import ROOT, ToolError, fail, shown_path, venv_python  # noqa: E402
+from devtools import ArgumentParser, ROOT, ToolError, fail, run_main, shown_path, venv_python, version  # noqa: E402
 from devtools import mpy  # noqa: E402
 from devtools.boards import CHIPS, load_config  # noqa: E402
 
@@ -338,13 +337,15 @@ def _size(n):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tools/deploy.py",
         description="Compile lib/ and firmware/ to .mpy, check the device can load them, copy "
                     "only what changed (and the merged board config as /board.json), reset.",
         epilog="Secrets: boards/NAME.secrets.json, boards/secrets.json and ./secrets.json "
                "(git-ignored) are deep-merged over boards/NAME.json. Exit status: 0 done, "
-               "1 device or mpremote failure, 2 bad input or incompatible device.")
+               "1 device or mpremote failure, 2 bad input or incompatible device, 12 internal error "
+               "(a bug), 130 interrupted.")
+    parser.add_argument("--version", action="version", version="%(prog)s " + version())
     parser.add_argument("--board", help="board name: boards/NAME.json")
     parser.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB0")
     parser.add_argument("--dry-run", action="store_true",
@@ -461,4 +462,4 @@ def execute(device, items, copy, remove, dirs, old_manifest, manifest_local):
     device.reset()
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("deploy", main)

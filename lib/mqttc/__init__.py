@@ -265,6 +265,15 @@ def check(o):
         check_topic(o["will_topic"], "--will-topic")
         if "+" in o["will_topic"] or "#" in o["will_topic"]:
             raise usage("--will-topic %r: a will topic cannot hold wildcards (+ #)" % o["will_topic"])
+    if o["store"]:
+        d = o["store"].rsplit("/", 1)[0] if "/" in o["store"] else "."
+        try:
+            import os
+
+            os.stat(d or "/")
+        except OSError:
+            raise Failure(EXIT_STORE, "cannot use --store %s: there is no directory %s (create it first)"
+                          % (o["store"], d))
     if o["store_size"] < 12288:
         raise usage("--store-size must be at least 12288 bytes (3 sectors of 4096)")
     o["store_size"] = (o["store_size"] + 4095) // 4096 * 4096
