@@ -3,10 +3,11 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import ok, ROOT, free_port
+from conftest import ok, ROOT, MQTTC, free_port
 
 # exit status per class of failure (mqttc --help)
 EXIT_USAGE, EXIT_CONNECTION, EXIT_TLS, EXIT_PROTOCOL, EXIT_STORE, EXIT_SUBSCRIBE = 6, 7, 8, 9, 10, 11
@@ -650,3 +651,78 @@ def test_a_closed_stdout_ends_sub_quietly(rt, broker, peer_factory):
     s.stdout = None
     rc, out, err = finish(s)
     assert rc == 0 and b"Traceback" not in err, err
+
+
+# ---- progress while -c waits for a broker, and what Ctrl-C leaves behind ----------------
+
+
+def read_stderr_for(p, seconds):
+    """stderr lines of a running process for about `seconds` (without ending it)."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    sel.register(p.stderr, selectors.EVENT_READ)
+    lines = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if sel.select(max(0, deadline - time.monotonic())):
+            line = p.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+    sel.close()
+    return lines
+
+
+def test_c_says_every_few_seconds_what_it_waits_for(rt, make_broker, tmp_path):
+    port = free_port()
+    ring = tmp_path / "ring.bin"
+    s = rt.mqttc_spawn("pub", "-p", str(port), "-t", "wait/t", "-m", "hello", "-q", "1", "-c", "-i", "wait-pub",
+                       "--store", str(ring))
+    lines = read_stderr_for(s, 6.5)
+    assert 2 <= len(lines) <= 3, lines  # one at the first failure, then one every 5 s
+    for n, line in enumerate(lines):  # (the first comes before the message is in the store)
+        assert re.match(rb"mqttc: waiting for the broker at 127\.0\.0\.1:%d: attempt \d+ failed \(connection "
+                        rb"refused\); next try in \d+ s%s\n$" % (port, b"" if not n else (
+                            b"; 1 message safe in the store " + re.escape(str(ring).encode()))), line), line
+    b = make_broker(port=port)
+    rc, out, err = finish(s, timeout=30)
+    err = err.splitlines()
+    assert rc == 0 and err[-1] == b"mqttc: connected to 127.0.0.1:%d" % port, err
+    assert all(line.startswith(b"mqttc: waiting for the broker at ") for line in err[:-1])
+    assert b.log_text().count("Received PUBLISH from wait-pub") == 1
+
+
+def test_quiet_keeps_stderr_empty_while_waiting(rt, make_broker):
+    port = free_port()
+    s = rt.mqttc_spawn("sub", "-p", str(port), "-t", "q/t", "-c", "-i", "quiet-sub", "--quiet", "-C", "1")
+    time.sleep(1.5)
+    b = make_broker(port=port)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "quiet-sub" not in b.log_text():
+        time.sleep(0.1)
+    time.sleep(0.5)  # its SUBSCRIBE follows the CONNACK
+    subprocess.run(["mosquitto_pub", "-p", str(port), "-t", "q/t", "-m", "m", "-q", "1"], check=True)
+    rc, out, err = finish(s)
+    assert rc == 0 and out == b"m\n" and err == b""
+
+
+def test_ctrl_c_says_what_is_safe_and_the_command_that_finishes_it(rt, make_broker, tmp_path):
+    port = free_port()
+    ring = tmp_path / "ring.bin"
+    s = rt.mqttc_spawn("pub", "-p", str(port), "-t", "cc/t", "-l", "-q", "1", "-c", "-i", "cc-pub",
+                       "--store", str(ring), stdin=subprocess.PIPE, sigint=True)
+    s.stdin.write(b"one\ntwo\n")
+    s.stdin.flush()
+    time.sleep(1.5)
+    s.send_signal(signal.SIGINT)
+    rc, out, err = finish(s)
+    assert rc == EXIT_INTERRUPTED
+    line = err.decode().strip().splitlines()[-1]  # after the status lines
+    assert line.startswith(
+        "mqttc: interrupted: 2 messages are safe in the store %s; finish sending them with: " % ring), line
+    command = line.split(" with: ", 1)[1].split()
+    assert command[:2] == [Path(rt.argv("x")[0]).name, str(MQTTC)]  # as this test ran it
+    assert command[2:] == ["pub", "--store", str(ring), "-i", "cc-pub", "-c", "-h", "127.0.0.1", "-p", str(port)]
+    b = make_broker(port=port)
+    ok(rt.mqttc(*command[2:]))
+    assert b.log_text().count("Received PUBLISH from cc-pub") == 2

@@ -659,8 +659,11 @@ class Runner:
         c = self.c
         o = self.o
         if o["persist"]:
-            while not c.flush(1000):  # keeps re-connecting until everything is acknowledged
-                self.idle(0)
+            while True:
+                done = c.flush(1000)  # keeps re-connecting until everything is acknowledged
+                self.idle(0)  # the status line, or that the link is back
+                if done:
+                    break
         elif not c.flush():
             raise MQTTException("timed out waiting for acknowledgements (%d in flight)" % c.in_flight())
         if c.dropped:
