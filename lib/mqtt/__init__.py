@@ -5,4 +5,4 @@ from .session import ConnectRefused, ConnectionLost, PacketTooLarge
 from .store import StoreFull
 from .client import MQTTClient
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"

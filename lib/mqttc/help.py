@@ -66,9 +66,10 @@ sub:
   -v, --verbose           print `topic payload`
   -N                      no newline after each message
   -F FORMAT               print with FORMAT: %t topic, %p payload, %l length,
-                          %q QoS, %r retained, %m id, %x/%X hex payload, %U Unix time,
-                          %I ISO 8601 time, %j/%J JSON, %% a percent sign; @Y @m @d @H
-                          @M @S date and time; \\n \\t \\e \\0 \\a \\r \\v \\\\ escapes
+                          %q QoS, %r retained, %m 0 (no packet id), %x/%X hex payload,
+                          %U Unix time, %I ISO 8601 time, %j/%J JSON, %% a percent
+                          sign; @Y @m @d @H @M @S date and time; \\n \\t \\e \\0 \\a \\r
+                          \\v \\\\ escapes
 exit status: 0 success; 1-5 the broker refused the connection (CONNACK return code);
   6 usage; 7 connection (broker unreachable or lost, acks not received in time);
   8 TLS; 9 protocol violation by the broker; 10 store; 11 subscription refused;
