@@ -647,6 +647,8 @@ class Runner:
             if self.store_full:
                 self.store_full = False
                 self.say("store has room again")
+            if c.is_connected():
+                c.check_msg()  # take the acks that came meanwhile, also during a burst
             return
 
     def full(self, why):
@@ -665,9 +667,13 @@ class Runner:
                 if done:
                     break
         elif not c.flush():
-            raise MQTTException("timed out waiting for acknowledgements (%d in flight)" % c.in_flight())
+            n = c.in_flight()
+            raise Failure(EXIT_CONNECTION, "%s did not acknowledge %d message%s in time: nothing "
+                          "more is sent (-c keeps trying, --store keeps them)" % (self.where, n, "s" * (n != 1)))
         if c.dropped:
-            raise MQTTException("%d QoS 0 messages dropped while disconnected" % c.dropped)
+            raise Failure(EXIT_CONNECTION, "%d QoS 0 message%s dropped while the connection to %s was "
+                          "down (QoS 1 or 2 would have kept them)" % (c.dropped, "s were" if c.dropped != 1
+                                                                      else " was", self.where))
 
 
 class Connecting(Exception):
