@@ -1,7 +1,6 @@
 # mosquitto_sub's -F output format for mqttc sub: only loaded when -F is given.
 import sys
-
-from mqtt.compat import MICROPYTHON
+import time
 
 
 def _b(s):
@@ -88,22 +87,16 @@ def formatted(fmt, topic, msg, qos, retained):
 
 
 def clock():
-    import time
-
     ns = time.time_ns()
     return ns // 1000000000, ns % 1000000000
 
 
 def localtime(s):
-    import time
-
     return time.localtime(s)
 
 
 def iso(s, micro=None):
     """2016-08-10T09:47:38+0100 (mosquitto's %I); with micro the %j timestamp form."""
-    import time
-
     t = time.localtime(s)
     g = time.gmtime(s)
     off = (time.mktime(t) - time.mktime(g)) // 60

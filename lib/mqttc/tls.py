@@ -2,8 +2,6 @@
 # connecting, --insecure checks the certificate chain but not the host name, and on
 # MicroPython a certificate that names the IP address given with -h is accepted as
 # CPython accepts it.
-from mqtt.compat import MICROPYTHON
-
 from . import Failure, EXIT_TLS, os_text, _b
 
 
