@@ -314,7 +314,7 @@ def check(o):
             check_filter(t, "-U")
         for t in o["filter_out"]:
             check_filter(t, "-T")
-    if o["persist"] and not (o["id"] or o["id_prefix"]):
+    if o["persist"] and not o["id"]:  # (Contract 2: -I does not do, its id is new each run)
         raise usage("-c needs a client id: add -i ID (the broker keeps the session under it)")
     if o["id"] is None:
         o["id"] = (o["id_prefix"] or "mqttc-") + random_hex(6)
