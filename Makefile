@@ -48,7 +48,7 @@ export MICROPYTHON := $(CURDIR)/build/bin/micropython
 export MICROPYTHON32 := $(CURDIR)/build/bin/micropython32
 export UMQTT_DIR := $(CURDIR)/build/umqtt
 
-.PHONY: help setup apt venv micropython micropython32 umqtt mpy mip test run demo clean distclean
+.PHONY: help setup apt venv micropython micropython32 umqtt mpy mip install test run demo clean distclean
 
 help: ## List the targets
 	@echo "usage: make TARGET   (cache: $(CACHE_DIR))"
@@ -108,8 +108,18 @@ $(UMQTT_FILES) &: tools/setup/fetch_umqtt.py | $(VENV)/bin/python
 mip: $(VENV_STAMP) ## Rebuild mip/ (the library as .mpy for `mip install github:OWNER/REPO/mip/package.json`)
 	$(VENV)/bin/python tools/build_mip.py
 
-mpy: $(VENV_STAMP) ## Precompile lib/mqtt to .mpy in build/mpy (what the unix port and a device load)
+mpy: $(VENV_STAMP) ## Precompile lib/mqtt and lib/mqttc to .mpy in build/mpy (what the unix port and a device load)
 	$(VENV)/bin/python tools/build_mpy.py
+
+# The unix port looks in ~/.micropython/lib by default (unless MICROPYPATH is set); CPython
+# users `pip install .` instead (pyproject.toml).
+MICROPY_LIB ?= $(HOME)/.micropython/lib
+
+install: mpy ## unix port: the library and mqttc, precompiled, into ~/.micropython/lib (MICROPY_LIB=dir)
+	mkdir -p "$(MICROPY_LIB)"
+	rm -rf "$(MICROPY_LIB)/mqtt" "$(MICROPY_LIB)/mqttc"
+	cp -r build/mpy/mqtt build/mpy/mqttc "$(MICROPY_LIB)/"
+	@echo "installed in $(MICROPY_LIB): micropython -m mqttc --help; import mqtt"
 
 test: setup mpy ## Run the host test suite
 	$(VENV)/bin/python -m pytest -q host_tests

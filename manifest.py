@@ -5,7 +5,7 @@
 # Relative paths here are resolved against this file's directory, wherever it is included from.
 metadata(
     description="MQTT 3.1.1 client for MicroPython: QoS 0/1/2, in-flight window, flash ring store",
-    version="0.1.0",
+    version="1.0.0",
 )
 
 # lib/mqtt/**/*.py -> frozen as the package `mqtt` (import mqtt, from mqtt import MQTTClient).

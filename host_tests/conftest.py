@@ -109,9 +109,40 @@ class Runtime:
         return subprocess.run(self.argv(MQTTC, *args), cwd=ROOT, input=input,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
 
-    def mqttc_spawn(self, *args, stdin=subprocess.DEVNULL):
+    def mqttc_spawn(self, *args, stdin=subprocess.DEVNULL, sigint=False):
+        """sigint=True: the child takes SIGINT as Ctrl-C even when this process was started
+        with it ignored (a background job in a non-interactive shell)."""
         return subprocess.Popen(self.argv(MQTTC, *args), cwd=ROOT, stdin=stdin,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=_default_sigint if sigint else None)
+
+
+@pytest.fixture(scope="session")
+def tls_pki(tmp_path_factory):
+    """A throw-away CA and a broker certificate it signed, for localhost and 127.0.0.1 (as
+    a DNS name too: mbedTLS matches host names against DNS names only), and an unrelated CA."""
+    d = tmp_path_factory.mktemp("tls_pki")
+
+    def sh(*args):
+        subprocess.run(args, cwd=d, check=True, capture_output=True)
+
+    for ca in ("ca", "other"):
+        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+           "-keyout", ca + ".key", "-out", ca + ".crt", "-subj", "/CN=test %s" % ca)
+    sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+       "-out", "server.csr", "-subj", "/CN=localhost")
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,DNS:127.0.0.1,IP:127.0.0.1\n")
+    sh("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+       "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    for f in d.iterdir():
+        f.chmod(0o644)
+    return d
+
+
+def _default_sigint():
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 RUNTIMES = ["cpython", "micropython"]

@@ -10,7 +10,8 @@
    (-march for the board's chip) into build/deploy/NAME/; firmware/boot.py and firmware/main.py
    stay source, since MicroPython runs them by name; the host board layer (hostboard.py,
    hostsim.py) is left out on an ESP32 chip. The files mqtt.tls names (ca, cert, key: device
-   paths /X) are copied from boards/X, which must exist.
+   paths /X) are copied from boards/X, which must exist. lib/mqttc (the
+   command-line client) stays on the host.
 3. The device is asked (one `mpremote exec`) for sys.implementation._mpy, its version, the
    manifest /.deploy.json of the files an earlier deploy wrote, and the size and sha256 of each
    file to deploy (hashed on the device). A device that cannot import the compiled files, or runs
@@ -24,7 +25,6 @@
 --device-dir DIR runs the same plan against a local folder standing in for the device's file
 system (for tests and for the unix port): the device's _mpy then comes from --device-mpy.
 """
-import argparse
 import hashlib
 import json
 import os
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devtools import ROOT, ToolError, fail, shown_path, venv_python  # noqa: E402
+from devtools import ArgumentParser, ROOT, ToolError, fail, run_main, shown_path, venv_python, version  # noqa: E402
 from devtools import mpy  # noqa: E402
 from devtools.boards import CHIPS, device_files, load_config  # noqa: E402
 
@@ -44,6 +44,7 @@ MANIFEST = "/.deploy.json"
 CONFIG = "/board.json"
 KEEP_SOURCE = ("boot.py", "main.py")  # run by name from the root of the file system
 HOST_ONLY = ("hostboard.py", "hostsim.py")  # the host board layer: never loaded on a board
+HOST_LIBS = ("mqttc",)  # lib/mqttc: the command-line client, of no use on a board
 PROBE_MARK = "DEPLOY-PROBE "
 SUPPORTED = (1, 25)  # oldest MicroPython the project is tested with
 
@@ -85,6 +86,8 @@ def stage(board_name, config, march, build_dir, files=()):
             if "__pycache__" in src.parts:
                 continue
             rel = src.relative_to(tree).as_posix()
+            if remote_base == "/lib" and rel.split("/")[0] in HOST_LIBS:
+                continue
             source = shown_path(src)
             if remote_base == "" and rel in HOST_ONLY and config.get("chip") != "unix":
                 continue
@@ -342,13 +345,15 @@ def _size(n):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tools/deploy.py",
         description="Compile lib/ and firmware/ to .mpy, check the device can load them, copy "
                     "only what changed (and the merged board config as /board.json), reset.",
         epilog="Secrets: boards/NAME.secrets.json, boards/secrets.json and ./secrets.json "
                "(git-ignored) are deep-merged over boards/NAME.json. Exit status: 0 done, "
-               "1 device or mpremote failure, 2 bad input or incompatible device.")
+               "1 device or mpremote failure, 2 bad input or incompatible device, 12 internal error "
+               "(a bug), 130 interrupted.")
+    parser.add_argument("--version", action="version", version="%(prog)s " + version())
     parser.add_argument("--board", help="board name: boards/NAME.json")
     parser.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB0")
     parser.add_argument("--dry-run", action="store_true",
@@ -466,4 +471,4 @@ def execute(device, items, copy, remove, dirs, old_manifest, manifest_local):
     device.reset()
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("deploy", main)

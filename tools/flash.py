@@ -18,7 +18,6 @@ own table must then be that generic layout; FILE is written in two pieces around
 sector (esptool refuses overlapping files) with the board's table at 0x8000 between them, all in
 one write-flash. The pieces and the table are staged in build/flash/NAME/.
 """
-import argparse
 import hashlib
 import shlex
 import struct
@@ -27,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devtools import ROOT, ToolError, fail, shown_path, venv_python  # noqa: E402
+from devtools import ArgumentParser, ROOT, ToolError, fail, run_main, shown_path, venv_python, version  # noqa: E402
 from devtools.boards import CHIPS, flash_offset, load_board  # noqa: E402
 import partitions  # noqa: E402
 
@@ -175,14 +174,16 @@ def commands(chip, port, offset, firmware, baud, pieces=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tools/flash.py",
         description="Check a MicroPython firmware image against the board's chip, then erase "
                     "the board's flash and write the image at the board's offset (esptool).",
         epilog="Firmware: download the .bin for your board from https://micropython.org/download/ "
                "(ESP32_GENERIC, ESP32_GENERIC_S3, ESP32_GENERIC_C3, ...), MicroPython 1.25 or "
                "newer. Serial ports: `.venv/bin/python -m serial.tools.list_ports`. Exit status: "
-               "0 done, 1 esptool failed, 2 bad input or mismatch (nothing written).")
+               "0 done, 1 esptool failed, 2 bad input or mismatch (nothing written), 12 internal "
+               "error (a bug), 130 interrupted.")
+    parser.add_argument("--version", action="version", version="%(prog)s " + version())
     parser.add_argument("--board", help="board name: boards/NAME.json gives chip and offset")
     parser.add_argument("--port", help="serial port of the board, e.g. /dev/ttyUSB0")
     parser.add_argument("--firmware", help="MicroPython firmware .bin (the merged download)")
@@ -260,4 +261,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("flash", main)

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devtools import ROOT, ToolError, fail, shown_path  # noqa: E402
+from devtools import ArgumentParser, ROOT, ToolError, fail, run_main, shown_path, version  # noqa: E402
 from devtools import mpy  # noqa: E402
 
 BUDGET = 10240  # the architecture's target for the library's ESP32 .mpy: <= 10 KB
@@ -47,9 +47,10 @@ def measure(tree, arch, tmp):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tools/size.py",
         description="Print the .mpy size of each lib/mqtt module (and the total) for a target.")
+    parser.add_argument("--version", action="version", version="%(prog)s " + version())
     parser.add_argument("--arch", default="xtensawin",
                         help="mpy-cross -march (default xtensawin: ESP32 and ESP32-S3; "
                              "rv32imc: ESP32-C3; 'none': bytecode only)")
@@ -138,4 +139,4 @@ def heap_report():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("size", main)

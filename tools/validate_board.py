@@ -20,9 +20,8 @@ For each board file it checks, and prints one line per problem as `<file>: <key>
     fits in what the vfs of its flash.size can give;
   - the files mqtt.tls names (ca, cert, key) exist: for an ESP32 chip the device path /X is
     deployed from boards/X (tools/deploy.py copies it), for unix the path is read as it is.
-Exit status: 0 all valid, 1 a problem, 2 usage.
+Exit status: 0 all valid, 1 a problem, 2 usage, 12 internal error (a bug), 130 interrupted.
 """
-import argparse
 import ast
 import json
 import re
@@ -30,6 +29,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from devtools import ArgumentParser, run_main, version  # noqa: E402
 from devtools.boards import RESERVED_IN_SECRETS, deep_merge, missing_files, secret_keys as leaked_secrets, secrets_paths  # noqa: E402,F401  (one rule for deploy and here)
 from partitions import problems as partition_problems  # noqa: E402  (one rule for flash and here)
 
@@ -60,6 +60,8 @@ def load_json(path):
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise BoardError("cannot read: %s" % e.strerror)
+    except UnicodeDecodeError as e:
+        raise BoardError("not UTF-8 text (byte %d): a board file is JSON" % e.start)
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicates,
                           parse_constant=lambda c: (_ for _ in ()).throw(BoardError("%s is not JSON" % c)))
@@ -190,7 +192,8 @@ def board_files():
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(prog="tools/validate_board.py", description=__doc__.split("\n")[0])
+    ap.add_argument("--version", action="version", version="%(prog)s " + version())
     ap.add_argument("boards", nargs="*", help="board files or names (default: all in boards/)")
     ap.add_argument("--no-secrets", action="store_true", help="do not merge the secrets files")
     ap.add_argument("--quiet", action="store_true", help="print problems only")
@@ -210,7 +213,7 @@ def main(argv=None):
     v = _validator()
     bad = 0
     for p in paths:
-        shown = p.relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p
+        shown = p.resolve().relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p
         errors, warnings, _ = check(p, not a.no_secrets, v)
         for w in warnings:
             print("%s: warning: %s" % (shown, w))
@@ -224,4 +227,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main("validate_board", main)

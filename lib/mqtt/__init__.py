@@ -6,4 +6,4 @@ from .store import StoreFull
 from .client import MQTTClient
 from .compat import TLSError
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"
