@@ -75,7 +75,10 @@ class Runtime:
 
     def argv(self, script, *args):
         if self.name == "micropython":
-            return [str(MICROPYTHON), "-X", "heapsize=" + self.heap, str(script), *map(str, args)]
+            heap = self.heap
+            if script == MQTTC and heap == HEAP:
+                heap = "256K"  # mqttc is a host tool, not device code: no ESP32 budget for it
+            return [str(MICROPYTHON), "-X", "heapsize=" + heap, str(script), *map(str, args)]
         return [sys.executable, "-u", str(script), *map(str, args)]
 
     def env(self, umqtt=False):

@@ -311,12 +311,17 @@ def test_sub_receives_a_256_kb_message_by_default(rt, broker, peer_factory):
     assert out == payload + b"\n"
 
 
-def test_max_packet_refuses_a_bigger_packet_naming_the_flag(rt, broker, peer_factory):
-    s = start_sub(rt, broker, "-t", "mp/t", "--max-packet", "1K")
-    peer_factory(broker).publish("mp/t", b"x" * 2000, qos=1)
+def test_max_packet_skips_a_bigger_message_says_so_and_goes_on(rt, broker, peer_factory):
+    """Contract 1: a PUBLISH over --max-packet is skipped in bounded memory and acknowledged
+    (never a reconnect loop); the subscriber says so on stderr and receives what follows."""
+    s = start_sub(rt, broker, "-t", "mp/t", "--max-packet", "1K", "-C", "1")
+    peer = peer_factory(broker)
+    peer.publish("mp/t", b"x" * 2000, qos=1)
+    peer.publish("mp/t", b"after", qos=1)
     rc, out, err = finish(s)
-    assert rc == EXIT_PROTOCOL, err
-    assert err.splitlines()[-1].startswith(b"mqttc: the broker sent a packet larger than --max-packet")
+    assert rc == 0, err
+    assert out.splitlines() == [b"after"], out
+    assert b"mqttc: skipped a QoS 0 PUBLISH of" in err and b"topic mp/t" in err, err  # sub -q 0
 
 
 # ---- the mosquitto_pub / mosquitto_sub options ---------------------------------------

@@ -706,6 +706,7 @@ def make_client(o, r):
     try:
         c = MQTTClient(o["id"], o["host"], o["port"], o["user"], o["password"], o["keepalive"],
                        ssl=ssl, ssl_params=params, store=o["store"], trace=trace,
+                       log=r.say,  # rare events: a message skipped or held
                        reconnect=o["persist"], window=o["window"], max_packet=mp,
                        ring_size=o["store_size"], ring_capacity=o["store_capacity"])
     except MemoryError:
