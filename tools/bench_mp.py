@@ -252,8 +252,14 @@ def heap(port, cid, o):
         import mqtt.ring  # noqa: F401  (what MQTTClient(store=path) imports)
     gc.collect()
     r["import"] = gc.mem_alloc() - base
+    if store:
+        # the ring's recovery at start-up reads the medium in small pieces (garbage the GC
+        # takes back): it is not the steady state, so the bound starts after it
+        c = MQTTClient(cid, "127.0.0.1", port, window=16, store=store, timeout_ms=30000)
+        gc.collect()
     gc.disable()  # nothing freed from here: mem_alloc only grows (an upper bound of the peak)
-    c = MQTTClient(cid, "127.0.0.1", port, window=16, store=store, timeout_ms=30000)
+    if not store:
+        c = MQTTClient(cid, "127.0.0.1", port, window=16, store=store, timeout_ms=30000)
     c.connect()
     for _ in range(16):
         c.publish(TOPIC, PAYLOAD, False, 1)
