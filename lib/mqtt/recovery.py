@@ -143,10 +143,12 @@ def recover(self):
                 order.append((first, 1, s))
             else:
                 foreign += not ours(hdr)
-                self._note("sector %d: %s, erased" % (s, h))
                 order.append((-1, 0, s))
     if foreign and not valid and not m.ours:
         raise RingError("%s is not a ring file (no valid sector header)" % m.name)
+    bad = [s for _, g, s in order if g == 0]
+    if bad:  # noted only now: a file that is not a ring gets the one error above instead
+        self._note("sector(s) %s: bad header (torn erase, retired or foreign data), erased" % bad)
     if hasattr(m, "extend"):
         m.extend()  # a short file gets its missing sectors, erased
     order.sort()  # sectors are opened in record sequence order
