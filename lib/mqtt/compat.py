@@ -135,6 +135,21 @@ def wrap_tls(s, server, params, timeout_ms):
       cert_reqs        - ssl.CERT_NONE to skip verification
       context          - an SSLContext to use as it is
     Without a CA the link is encrypted but the broker is not authenticated."""
+    ctx = tls_context(params)
+    s.setblocking(True)
+    s.settimeout(timeout_ms / 1000)
+    try:
+        t = ctx.wrap_socket(s, server_hostname=params.get("server_hostname", server))
+    except ValueError as e:
+        # MicroPython reports a failed verification as ValueError; make it an OSError
+        # like CPython's SSLCertVerificationError, so callers catch one kind.
+        raise OSError("TLS handshake failed: %s" % e)
+    t.setblocking(False)
+    return t
+
+
+def tls_context(params):
+    """The SSLContext for params (see wrap_tls)."""
     import ssl
 
     ctx = params.get("context")
@@ -155,16 +170,7 @@ def wrap_tls(s, server, params, timeout_ms):
         cert = params.get("certfile") or params.get("cert")
         if cert:
             ctx.load_cert_chain(cert, params.get("keyfile") or params.get("key"))
-    s.setblocking(True)
-    s.settimeout(timeout_ms / 1000)
-    try:
-        t = ctx.wrap_socket(s, server_hostname=params.get("server_hostname", server))
-    except ValueError as e:
-        # MicroPython reports a failed verification as ValueError; make it an OSError
-        # like CPython's SSLCertVerificationError, so callers catch one kind.
-        raise OSError("TLS handshake failed: %s" % e)
-    t.setblocking(False)
-    return t
+    return ctx
 
 
 if MICROPYTHON:
