@@ -6,10 +6,12 @@
 #       tools/bench_mp.py CASE PORT N CLIENT_ID [options]
 #
 # CASE: ours0 ours1 ours2      our client, QoS 0/1/2, window 16 (option store=PATH)
+#       aio0 aio1 aio2         the asyncio client, the same (options store=PATH, tasks=K)
 #       umqtt0 umqtt1          umqtt.simple as shipped (option nodelay=1, cap_s=S)
 #       mem                    heap footprint and per-message allocation of ours
 #       heap                   heap after import, and with 16 QoS 1 in flight (option
 #                              store=PATH: the flash ring; N is ignored)
+#       aioheap                the same for the asyncio client (mqtt.aio)
 #
 # Timed region: from just before the first publish until the last message is
 # acknowledged (QoS 1/2: flush() for ours, umqtt's QoS 1 publish already waits
@@ -72,6 +74,47 @@ def ours(qos, port, n, cid, o):
     c.disconnect()
     # tail_us: the final flush() / ping round trip alone
     out(n=n, us=ticks_diff(t2, t0), tail_us=ticks_diff(t2, t1))
+
+
+def aio(qos, port, n, cid, o):
+    """The asyncio client (mqtt.aio), the same timed region as ours(); option tasks=K
+    publishes from K tasks at once (n/K each).  QoS 0's closing round trip is a
+    SUBSCRIBE/SUBACK (the asyncio client has no ping())."""
+    import asyncio
+    from mqtt.aio import MQTTClient
+
+    store = o.get("store") or None
+    k = int(o.get("tasks", 1))
+    res = {}
+
+    async def run(c, m):
+        pub = c.publish
+        topic = TOPIC
+        payload = PAYLOAD
+        for _ in range(m):
+            await pub(topic, payload, False, qos)
+
+    async def main():
+        c = MQTTClient(cid, "127.0.0.1", port, window=16, store=store, timeout_ms=30000,
+                       sync_every=int(o.get("sync", 1)))
+        await c.connect()
+        t0 = ticks_us()
+        if k == 1:
+            await run(c, n)
+        else:
+            await asyncio.gather(*[run(c, n // k) for _ in range(k)])
+        t1 = ticks_us()
+        if qos:
+            if not await c.flush(60000):
+                raise RuntimeError("flush timed out")
+        else:
+            await c.subscribe(b"bench/rt/" + cid.encode(), 0)
+        t2 = ticks_us()
+        await c.disconnect()
+        res.update(n=n // k * k, us=ticks_diff(t2, t0), tail_us=ticks_diff(t2, t1))
+
+    asyncio.run(main())
+    out(**res)
 
 
 def umqtt(qos, port, n, cid, o):
@@ -272,17 +315,54 @@ def heap(port, cid, o):
     out(**r)
 
 
+def aioheap(port, cid, o):
+    """heap() for the asyncio client: import (asyncio's own share in "asyncio"), then a
+    connected client with 16 QoS 1 messages in flight (published without a suspension, so
+    the acks are still unread)."""
+    r = {"bits": 32 if sys.maxsize == 0x7FFFFFFF else 64}
+    gc.collect()
+    base = gc.mem_alloc()
+    import asyncio
+
+    gc.collect()
+    r["asyncio"] = gc.mem_alloc() - base
+    from mqtt.aio import MQTTClient
+
+    gc.collect()
+    r["import"] = gc.mem_alloc() - base
+
+    async def main():
+        gc.disable()
+        c = MQTTClient(cid, "127.0.0.1", port, window=16, timeout_ms=30000)
+        await c.connect()
+        for _ in range(16):
+            await c.publish(TOPIC, PAYLOAD, False, 1)
+        r["inflight"] = c.in_flight()
+        r["peak_bound"] = gc.mem_alloc() - base
+        gc.enable()
+        gc.collect()
+        r["footprint"] = gc.mem_alloc() - base
+        await c.disconnect()
+
+    asyncio.run(main())
+    out(**r)
+
+
 def main():
     case, port, n, cid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     o = opts(sys.argv[5:])
     if case.startswith("ours"):
         ours(int(case[4:]), port, n, cid, o)
+    elif case.startswith("aio"):
+        aio(int(case[3:]), port, n, cid, o)
     elif case.startswith("umqtt"):
         umqtt(int(case[5:]), port, n, cid, o)
     elif case == "mem":
         mem(port, n, cid, o)
     elif case == "heap":
         heap(port, cid, o)
+    elif case == "aioheap":
+        aioheap(port, cid, o)
     else:
         raise SystemExit("unknown case " + case)
 

@@ -12,7 +12,7 @@ At the end every message the publisher had accepted (publish() returned) is coun
 the subscriber: QoS 1 lost must be 0; QoS 2 lost and duplicated must be 0.
 
     .venv/bin/python tools/chaos.py [--runtime cpython|micropython] [--seconds 60]
-                                    [--rate 150] [--seed N] [--json]
+                                    [--rate 150] [--seed N] [--front blocking|aio] [--json]
 """
 import json
 import os
@@ -88,6 +88,68 @@ while True:
 """ % KEEPALIVE
 
 
+# The same two clients written with the asyncio front end (mqtt.aio), for --front aio.
+PUBLISHER_AIO = """
+import sys
+import asyncio
+from mqtt.aio import MQTTClient
+from mqtt import StoreFull
+from mqtt.compat import ticks_ms, ticks_diff
+port, store, start, count, rate, run = sys.argv[1:7]
+port = int(port); start = int(start); count = int(count); rate = int(rate)
+async def main():
+    c = MQTTClient("chaos-pub", "127.0.0.1", port, keepalive=%d, store=store, reconnect=True,
+                   timeout_ms=3000, ack_timeout_ms=2000, backoff_ms=100, backoff_cap_ms=2000,
+                   ring_capacity=96, window=16)
+    try:
+        await c.connect(clean_session=False)
+    except Exception as e:
+        print("CONNECT-RETRY", e)
+    t0 = ticks_ms()
+    k = start
+    while k < start + count:
+        wait = (k - start) * 1000 // rate - ticks_diff(ticks_ms(), t0)
+        if wait > 0:
+            await asyncio.sleep(wait / 1000)
+        qos = 2 if k %% 2 else 1
+        try:
+            await c.publish("chaos/t", "%%s %%d %%d" %% (run, k, qos), qos=qos)
+        except StoreFull:
+            await asyncio.sleep(0.05)
+            continue
+        print("ACK", run, k, qos)
+        k += 1
+    while not await c.flush(1000):
+        pass
+    print("DONE reconnects", c.reconnects, "resends", c.session.resends)
+    await c.disconnect()
+asyncio.run(main())
+""" % KEEPALIVE
+
+SUBSCRIBER_AIO = """
+import sys
+import asyncio
+from mqtt.aio import MQTTClient
+port, store = int(sys.argv[1]), sys.argv[2]
+async def main():
+    c = MQTTClient("chaos-sub", "127.0.0.1", port, keepalive=%d, store=store, reconnect=True,
+                   timeout_ms=3000, backoff_ms=100, backoff_cap_ms=2000, ring_capacity=16)
+    while True:
+        try:
+            # the session keeps the subscription: subscribing again would make the SUBACK
+            # wait behind the messages the broker queued (all buffered meanwhile)
+            if not await c.connect(clean_session=False):
+                await c.subscribe("chaos/t", 2)
+            break
+        except Exception as e:
+            await asyncio.sleep(0.2)
+    print("READY")
+    async for m in c.messages():
+        print("GOT", m.payload.decode())
+asyncio.run(main())
+""" % KEEPALIVE
+
+
 class Proc:
     """A client process whose stdout lines are collected by a thread."""
 
@@ -130,8 +192,13 @@ class Proc:
 
 
 class Chaos:
-    def __init__(self, runtime="cpython", seconds=20, rate=150, seed=1, workdir=None, log=None):
+    def __init__(self, runtime="cpython", seconds=20, rate=150, seed=1, workdir=None, log=None,
+                 front="blocking", micropython=None, heap="128K"):
         self.runtime = runtime
+        self.front = front  # "blocking" (mqtt.MQTTClient) or "aio" (mqtt.aio.MQTTClient)
+        # the unix port binary (default: $MICROPYTHON or build/bin/micropython) and its heap
+        self.micropython = micropython
+        self.heap = heap
         self.seconds = seconds
         self.rate = rate
         self.rng = random.Random(seed)
@@ -154,10 +221,10 @@ class Chaos:
     def _spawn(self, script, args, lines):
         env = dict(os.environ)
         if self.runtime == "micropython":
-            mp = os.environ.get("MICROPYTHON") or os.path.join(ROOT, "build", "bin", "micropython")
+            mp = self.micropython or os.environ.get("MICROPYTHON") or os.path.join(ROOT, "build", "bin", "micropython")
             env["MICROPYPATH"] = ":".join([".frozen", os.path.join(ROOT, "build", "mpy"),
                                            os.path.join(ROOT, "lib")])
-            argv = [mp, "-X", "heapsize=128K", script]
+            argv = [mp, "-X", "heapsize=" + self.heap, script]
         else:
             env["PYTHONPATH"] = os.path.join(ROOT, "lib")
             argv = [sys.executable, "-u", script]
@@ -250,8 +317,9 @@ class Chaos:
 
     # ---- the run ------------------------------------------------------------------
     def run(self):
-        self.pub_script = self._script("publisher.py", PUBLISHER)
-        self.sub_script = self._script("subscriber.py", SUBSCRIBER)
+        aio = self.front == "aio"
+        self.pub_script = self._script("publisher.py", PUBLISHER_AIO if aio else PUBLISHER)
+        self.sub_script = self._script("subscriber.py", SUBSCRIBER_AIO if aio else SUBSCRIBER)
         self.pub_ring = os.path.join(self.dir, "pub.ring")
         self.sub_ring = os.path.join(self.dir, "sub.ring")
         self.broker = Mosquitto(os.path.join(self.dir, "broker"), persistence=True,
@@ -322,7 +390,7 @@ class Chaos:
         q1 = [m for m, q in accepted.items() if q == 1]
         q2 = [m for m, q in accepted.items() if q == 2]
         r = {
-            "runtime": self.runtime, "seconds": round(elapsed, 1), "faults": dict(self.faults),
+            "runtime": self.runtime, "front": self.front, "seconds": round(elapsed, 1), "faults": dict(self.faults),
             "faults_total": sum(self.faults.values()),
             "accepted_qos1": len(q1), "accepted_qos2": len(q2),
             "lost_qos1": len([m for m in q1 if m not in got]),
@@ -341,7 +409,7 @@ class Chaos:
 
 
 def summary(r):
-    return ("%(runtime)s: %(seconds)ss, %(faults_total)d faults %(faults)s; accepted QoS 1 %(accepted_qos1)d, "
+    return ("%(runtime)s (%(front)s): %(seconds)ss, %(faults_total)d faults %(faults)s; accepted QoS 1 %(accepted_qos1)d, "
             "QoS 2 %(accepted_qos2)d; lost QoS 1 %(lost_qos1)d, QoS 2 %(lost_qos2)d; duplicated QoS 2 "
             "%(duplicated_qos2)d (QoS 1 %(duplicated_qos1)d, allowed); max RSS publisher %(publisher_max_rss_kb)d KB, "
             "subscriber %(subscriber_max_rss_kb)d KB; client crashes %(ncrash)d" % dict(r, ncrash=len(r["crashes"])))
@@ -355,9 +423,12 @@ def main(argv):
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--rate", type=int, default=150, help="messages per second offered")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--front", choices=["blocking", "aio"], default="blocking",
+                    help="the client under test: mqtt.MQTTClient or mqtt.aio.MQTTClient")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    r = Chaos(a.runtime, a.seconds, a.rate, a.seed, log=lambda s: print(s, file=sys.stderr)).run()
+    r = Chaos(a.runtime, a.seconds, a.rate, a.seed, log=lambda s: print(s, file=sys.stderr),
+              front=a.front).run()
     print(json.dumps(r, indent=1) if a.json else summary(r))
     ok = r["lost_qos1"] == 0 and r["lost_qos2"] == 0 and r["duplicated_qos2"] == 0 and not r["crashes"]
     return 0 if ok else 1

@@ -164,6 +164,13 @@ def wrap_tls(s, server, params, timeout_ms):
     return wrap(s, server, params, timeout_ms)
 
 
+def tls_context(params):
+    """The SSLContext for ssl_params (mqtt.aio hands it to asyncio): see tls.py."""
+    from .tls import context
+
+    return context(params)
+
+
 if MICROPYTHON:
 
     def send(s, buf, off, n):

@@ -31,6 +31,30 @@ def wrap(s, server, params, timeout_ms):
     Without a CA the link is encrypted but the broker is not authenticated (umqtt's
     behaviour): a warning says so once.  Raises TLSError (an OSError) for a missing or
     bad certificate or key and for a broker that fails the check."""
+    ctx = context(params)
+    s.setblocking(True)
+    s.settimeout(timeout_ms / 1000)
+    try:
+        t = ctx.wrap_socket(s, server_hostname=params.get("server_hostname", server))
+    except (OSError, ValueError) as e:
+        # MicroPython reports a failed verification as ValueError; make it an OSError
+        # like CPython's SSLCertVerificationError, so callers catch one kind.
+        why = str(e)
+        if "not yet valid" in why or "in the future" in why:  # OpenSSL's / mbedTLS's words
+            # An ESP32's RTC reads 2000-01-01 after power-on: every certificate is "future".
+            import time
+
+            raise TLSError("TLS: the broker's certificate is not valid yet by this device's clock"
+                           " (%04d-%02d-%02d %02d:%02d UTC): is the clock set (NTP)?" % time.gmtime()[:5])
+        if isinstance(e, ValueError):
+            raise TLSError("TLS handshake failed: %s" % why)
+        raise
+    t.setblocking(False)
+    return t
+
+
+def context(params):
+    """The SSLContext for ssl_params (see wrap; mqtt.aio hands it to asyncio)."""
     import ssl
 
     ctx = params.get("context")
@@ -72,22 +96,4 @@ def wrap(s, server, params, timeout_ms):
                                    cert if isinstance(cert, str) else "data",
                                    ("(in the certificate file)" if key is cert else
                                     key if isinstance(key, str) else "data")))
-    s.setblocking(True)
-    s.settimeout(timeout_ms / 1000)
-    try:
-        t = ctx.wrap_socket(s, server_hostname=params.get("server_hostname", server))
-    except (OSError, ValueError) as e:
-        # MicroPython reports a failed verification as ValueError; make it an OSError
-        # like CPython's SSLCertVerificationError, so callers catch one kind.
-        why = str(e)
-        if "not yet valid" in why or "in the future" in why:  # OpenSSL's / mbedTLS's words
-            # An ESP32's RTC reads 2000-01-01 after power-on: every certificate is "future".
-            import time
-
-            raise TLSError("TLS: the broker's certificate is not valid yet by this device's clock"
-                           " (%04d-%02d-%02d %02d:%02d UTC): is the clock set (NTP)?" % time.gmtime()[:5])
-        if isinstance(e, ValueError):
-            raise TLSError("TLS handshake failed: %s" % why)
-        raise
-    t.setblocking(False)
-    return t
+    return ctx
