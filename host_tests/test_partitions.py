@@ -551,3 +551,19 @@ def test_the_esp32_board_layer_finds_the_partition_by_label(tmp_path):
     assert "Partition.find 1 255 ring" in (stubs / "hw.log").read_text()
     out = ask("vfs:2097152")
     assert out[0] == "str /ring.bin 1" and "no flash partition 'ring'" in out[1]
+
+
+def test_board_is_a_name_or_its_file_for_every_tool():
+    """BOARD= means the same for every make target: a name, or the file boards/<name>.json
+    (make run takes either too: tools/run_firmware.sh)."""
+    import subprocess
+    import sys
+    tool = [sys.executable, str(ROOT / "tools" / "partitions.py"), "--board"]
+    by_name = subprocess.run(tool + ["esp32-devkitc"], capture_output=True, text=True, timeout=30)
+    by_file = subprocess.run(tool + ["boards/esp32-devkitc.json"], capture_output=True, text=True, timeout=30,
+                             cwd=ROOT)
+    assert by_name.returncode == 0 and by_file.returncode == 0, by_file.stderr
+    assert by_name.stdout.split("\n", 1)[1] == by_file.stdout.split("\n", 1)[1]
+    run = subprocess.run(["tools/run_firmware.sh"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, BOARD="unix", RUN_SECONDS="2", RUNTIME="cpython"))
+    assert run.returncode == 0 and "/status online" in run.stdout, run.stdout + run.stderr

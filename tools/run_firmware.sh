@@ -7,7 +7,7 @@
 #
 # Environment (all optional):
 #   RUN_SECONDS=N      stop after N seconds (default: run until Ctrl-C)
-#   BOARD=FILE         board file (default boards/unix.json); ESP32 board files run too,
+#   BOARD=FILE|NAME    board file or name in boards/ (default unix); ESP32 board files run too,
 #                      their sensors simulated by the host board layer
 #   RUNTIME=micropython|cpython   (default micropython: build/bin/micropython, 128K heap)
 #   FIRMWARE_ARGS="..." extra firmware options, e.g. "--period 1 --trace" (main.py --help)
@@ -27,6 +27,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 BOARD=${BOARD:-boards/unix.json}
+case "$BOARD" in */*|*.json) ;; *) BOARD="boards/$BOARD.json" ;; esac  # a name, as for make flash/deploy
 RUNTIME=${RUNTIME:-micropython}
 RUN_SECONDS=${RUN_SECONDS:-0}
 MP=${MICROPYTHON:-$ROOT/build/bin/micropython}

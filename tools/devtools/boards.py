@@ -59,8 +59,11 @@ def load_board(name, boards_dir):
     if not name:
         available = ", ".join(board_names(boards_dir)) or "none yet in %s" % shown_path(boards_dir)
         raise ToolError("no board given (BOARD=<name>; available: %s)" % available)
+    if name.endswith(".json") and Path(name).resolve().parent == Path(boards_dir).resolve():
+        name = Path(name).stem  # BOARD=boards/x.json means the same as BOARD=x (as for make run)
     if not NAME.match(name):
-        raise ToolError("board name %r: use letters, digits, '-', '_' and '.' only" % name)
+        raise ToolError("board name %r: use letters, digits, '-', '_' and '.' only (or a file in %s)"
+                        % (name, shown_path(boards_dir)))
     path = Path(boards_dir) / (name + ".json")
     if not path.is_file():
         available = ", ".join(board_names(boards_dir)) or "none"
