@@ -19,8 +19,8 @@ from . import compat
 from .compat import ticks_ms, ticks_diff, ticks_add, sleep_ms
 from .codec import MQTTException, ProtocolError, check_topic
 from .session import Session, ConnectionLost, CONNECTED, MESSAGE, SUBACKED, PONG
-from .store import StoreFull
-from .policy import Policy, open_store
+from .store import MemoryStore, StoreFull
+from .backoff import Backoff
 
 # What a lost or broken link raises; with reconnect=True these are absorbed.
 LINK_ERRORS = (OSError, ConnectionLost, ProtocolError)
@@ -44,7 +44,7 @@ class MQTTClient:
         ack_timeout_ms / retries: an unacknowledged QoS 1 PUBLISH or PUBREL is resent
           (DUP) up to `retries` times, then the link is declared dead (see session.py).
         reconnect: re-connect automatically (back-off from backoff_ms doubling to
-          backoff_cap_ms, with jitter; reset only after a healthy link: Policy.retry).
+          backoff_cap_ms, with jitter; reset only after a healthy link, see _go_down).
         trace: callable(str) that gets a line for every packet sent and received.
         log: callable(str) for rare events worth a line (an oversize message skipped,
           QoS 2 downgraded by the broker, a subscription refused on restore);
@@ -61,8 +61,13 @@ class MQTTClient:
         self.sock = self.cb = self.lw = self.last_error = None
         self._poll_in = self._poll_out = self._ev = None
         self._details = False
-        self.store = store = open_store(store, window, ring_size, ring_capacity, sync_every, log or trace,
-                                        ring_medium)
+        if store is None:
+            store = MemoryStore(window)
+        elif isinstance(store, str) or hasattr(store, "readblocks"):
+            from .ring import RingStore  # only loaded when a flash store is asked for
+
+            store = RingStore(store, ring_size, ring_capacity, sync_every, log=log or trace, medium=ring_medium)
+        self.store = store
         # a store smaller than the window would refuse publishes the window admits
         self.session = Session(store, min(window, store.capacity), max_packet, ping_timeout_ms,
                                ack_timeout_ms, retries)
@@ -71,13 +76,17 @@ class MQTTClient:
         # False: hold received PUBLISH back (neither delivered nor acknowledged, so the
         # broker keeps them), e.g. while finishing flows before disconnecting.
         self.deliver = True
-        # reconnect state: back-off, subscriptions to restore (policy.py)
+        # reconnect state
         self.reconnect = reconnect
-        self.policy = Policy(backoff_ms, backoff_cap_ms)
+        self.backoff = Backoff(backoff_ms, backoff_cap_ms)
         self._clean = True
+        self._subs = []       # [(topic, qos)] to restore when the broker lost the session
         self._resub = False   # a SUBSCRIBE was cut off: restore even if the session survived
         self._down = False    # link lost, re-connecting (reconnect=True)
+        self._next_try = 0
         self._att = None      # deadline of the connection attempt in progress
+        self._up_at = 0       # when the last CONNACK arrived
+        self._healthy = False  # the link last lost had lived long enough (see _go_down)
         self._stall = None    # since when the socket has taken no bytes (see _flush_tx)
         self._respid = 0      # SUBSCRIBE id of the subscriptions being restored
         self.reconnects = 0   # successful re-connections
@@ -194,7 +203,8 @@ class MQTTClient:
             check_topic(t, True)
             if q not in (0, 1, 2):
                 raise ValueError("qos must be 0, 1 or 2")
-        self.policy.remember(topics)
+        for t, q in topics:
+            self._subs = [s for s in self._subs if s[0] != t] + [(t, q)]
         self._resub = True
         if not self._up(0):
             if self._down:
@@ -210,7 +220,7 @@ class MQTTClient:
         topics = topic if isinstance(topic, list) else [topic]
         self._check()
         self._request(self.session.unsubscribe(topics, ticks_ms()), "UNSUBACK", self.timeout_ms)
-        self.policy.forget(topics)
+        self._subs = [s for s in self._subs if s[0] not in topics]
 
     def check_msg(self):
         """Process whatever has arrived, without waiting; delivers messages to the callback."""
@@ -298,11 +308,9 @@ class MQTTClient:
                     # subscriptions (not waiting for the SUBACK) when reconnecting to a
                     # broker that lost them, or after a SUBSCRIBE was cut off
                     self._ev = self._att = None
-                    self._progress = now = ticks_ms()
-                    self.policy.up(now)
-                    subs = self._down and self.policy.restore(ev[2], self._resub)
-                    if subs:
-                        self._respid = sess.subscribe(subs, now)
+                    self._up_at = self._progress = now = ticks_ms()
+                    if self._down and self._subs and (not ev[2] or self._resub):
+                        self._respid = sess.subscribe(self._subs, now)
                     else:
                         self._resub = False
                     self._flush_tx(now, 0)
@@ -325,14 +333,24 @@ class MQTTClient:
                 return False
 
     def _go_down(self, e):
-        """The link is gone (reconnect=True): schedule the next attempt (the back-off
-        rule: Policy.retry)."""
+        """The link is gone (reconnect=True): schedule the next attempt.
+
+        Back-off rule: each failed attempt, and each link that dies within
+        backoff_cap_ms of its CONNACK, doubles the delay (up to backoff_cap_ms, with
+        jitter); only a link that stayed up at least backoff_cap_ms starts it over at
+        backoff_ms.  So an error that recurs on every connection (a broker that drops
+        us right after CONNACK, a message it refuses every time) settles at about one
+        connection per backoff_cap_ms instead of a storm, while a broker restart after
+        a long healthy link is retried within backoff_ms."""
         self._close()
+        if self._healthy:
+            self.backoff.reset()
+            self._healthy = False
         self._down = True
         self.last_error = e
-        d = self.policy.retry(ticks_ms())
+        self._next_try = ticks_add(ticks_ms(), self.backoff.next_ms())
         if self.trace:
-            self.trace("link down (%s); next attempt in %d ms" % (e, d))
+            self.trace("link down (%s); next attempt in %d ms" % (e, ticks_diff(self._next_try, ticks_ms())))
 
     def _link_lost(self, e):
         if not self.reconnect:
@@ -359,7 +377,7 @@ class MQTTClient:
             return False
         try:
             if self._att is None:
-                if ticks_diff(ticks_ms(), self.policy.next_try) < 0:
+                if ticks_diff(ticks_ms(), self._next_try) < 0:
                     return False
                 self._begin(self.timeout_ms)
             if not self._advance(w):
@@ -381,7 +399,7 @@ class MQTTClient:
             return
         start = ticks_ms()
         if self._att is None:
-            d = max(0, ticks_diff(self.policy.next_try, start))
+            d = max(0, ticks_diff(self._next_try, start))
             if left >= 0:
                 d = min(d, left)
             if d:
@@ -421,8 +439,8 @@ class MQTTClient:
                 pass
             self.sock = None
         sess = self.session
-        if sess.connected:  # for the back-off rule (Policy.retry)
-            self.policy.ended(ticks_ms())
+        if sess.connected:  # for the back-off rule (see _go_down)
+            self._healthy = ticks_diff(ticks_ms(), self._up_at) >= self.backoff.cap_ms
         sess.link_ended(by_broker, ticks_ms())
         sess.reset()
         self._att = self._stall = None
