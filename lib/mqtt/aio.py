@@ -610,6 +610,11 @@ class MQTTClient:
             if self.is_connected():
                 if not (qos and sess.window_full()):
                     return None
+                if self._cap >= 0:
+                    # the ack deadlines bound this wait (an ack or a dead link ends it), and
+                    # a wait without a time-out costs MicroPython no extra tasks
+                    await self._wait(-1)
+                    continue
                 if left > 0:
                     await self._wait(left)
                     continue
