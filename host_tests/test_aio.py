@@ -628,6 +628,46 @@ def test_an_unacknowledged_publish_is_resent_with_dup_and_the_same_id_after_a_re
     assert "FLUSH True" in out and "REFUSED" in out and "CONNECTED True RECONNECTS 1" in out, out
 
 
+KEEPALIVE = """
+async def main():
+    c = MQTTClient("fb-aio-ka", HOST, PORT, keepalive=1, timeout_ms=2000, reconnect=True,
+                   backoff_ms=50, backoff_cap_ms=200)
+    await c.connect()
+    t0 = ticks_ms()
+    while c.reconnects < 1 and ticks_diff(ticks_ms(), t0) < 8000:
+        await sleep_ms(50)
+    print("RECONNECTS", c.reconnects, "|", c.last_error)
+    await c.disconnect()
+asyncio.run(main())
+"""
+
+
+def test_keepalive_pings_when_idle_and_a_missing_pingresp_means_a_dead_link(rt):
+    """PINGREQ after keepalive seconds without sending [MQTT-3.1.2-23]; no PINGRESP within
+    the ping timeout (default: the keepalive) -> the link is declared dead, closed without
+    DISCONNECT, and re-made."""
+    import fakebroker
+
+    with FakeBroker() as fb:
+        s = Spawned(rt, KEEPALIVE, fb.port)
+        try:
+            c = fb.accept()
+            c.expect(connect("fb-aio-ka", keepalive=1))
+            t0 = c.send(connack())
+            c.expect(fakebroker.PINGREQ, timeout=3)
+            assert 0.8 < c.last_time - t0 < 1.6, c.last_time - t0
+            c.expect_closed(timeout=3)  # no PINGRESP: dropped, no DISCONNECT (the will fires)
+            assert 0.8 < c.eof_time - c.last_time < 2.0, c.eof_time - c.last_time
+            c = fb.accept(timeout=3)
+            c.expect(connect("fb-aio-ka", keepalive=1))
+            c.send(connack())
+            c.expect_disconnect()
+            out = s.finish()
+        finally:
+            s.kill()
+    assert "RECONNECTS 1 | no PINGRESP within 1000 ms" in out, out
+
+
 # ---- TLS ---------------------------------------------------------------------------------
 
 from test_tls_auth_interop import pki, tls_broker, tls_rt  # noqa: E402,F401  (fixtures)
