@@ -366,6 +366,37 @@ def test_chaos_run_of_the_asyncio_client_loses_nothing(rt, tmp_path):
     assert (r["lost_qos1"], r["lost_qos2"], r["duplicated_qos2"], r["crashes"]) == (0, 0, 0, []), r
 
 
+POISON = """
+lines = []
+async def main():
+    c = MQTTClient("aio-poisoned", HOST, PORT, reconnect=True, backoff_ms=20, backoff_cap_ms=150,
+                   keepalive=30, log=lines.append)
+    await c.connect(clean_session=False)
+    await c.publish("p/t", "m0", qos=1)
+    await c.publish("p/t", "x" * 3000, qos=1)  # more than the broker's max_packet_size
+    for k in range(2, 10):
+        await c.publish("p/t", "m%d" % k, qos=1 + k % 2)
+    print("FLUSHED", await c.flush(20000))
+    print("HELD", c.session.held, sorted(c.store.held))
+    print("LOG", [ln for ln in lines if "held" in ln])
+    await c.disconnect()
+asyncio.run(main())
+"""
+
+
+def test_a_message_the_broker_always_refuses_is_held_and_the_rest_flow(rt, make_broker, peer_factory):
+    """The poison rule (Session.link_ended, fed by the asyncio client as by the blocking one):
+    Mosquitto closes the link over a packet above its max_packet_size each time the message
+    is resent; after 5 strikes it is held and the messages behind it are delivered."""
+    broker = make_broker(conf="max_packet_size 2000")
+    p = peer_factory(broker, client_id="aio-poison-sub", clean=False)
+    p.subscribe("p/t", 1)
+    out = ok(run(rt, POISON, broker.port, timeout=60))
+    assert "FLUSHED True" in out and "HELD 1 [2]" in out and "message 2 held (topic p/t)" in out, out
+    got = p.wait_for(9, timeout=20)
+    assert sorted(set(m[1] for m in got)) == sorted([b"m0"] + [b"m%d" % k for k in range(2, 10)])
+
+
 # ---- acknowledged only after the loop body -----------------------------------------------------
 
 RAISING = """
@@ -595,6 +626,46 @@ def test_an_unacknowledged_publish_is_resent_with_dup_and_the_same_id_after_a_re
         finally:
             s.kill()
     assert "FLUSH True" in out and "REFUSED" in out and "CONNECTED True RECONNECTS 1" in out, out
+
+
+KEEPALIVE = """
+async def main():
+    c = MQTTClient("fb-aio-ka", HOST, PORT, keepalive=1, timeout_ms=2000, reconnect=True,
+                   backoff_ms=50, backoff_cap_ms=200)
+    await c.connect()
+    t0 = ticks_ms()
+    while c.reconnects < 1 and ticks_diff(ticks_ms(), t0) < 8000:
+        await sleep_ms(50)
+    print("RECONNECTS", c.reconnects, "|", c.last_error)
+    await c.disconnect()
+asyncio.run(main())
+"""
+
+
+def test_keepalive_pings_when_idle_and_a_missing_pingresp_means_a_dead_link(rt):
+    """PINGREQ after keepalive seconds without sending [MQTT-3.1.2-23]; no PINGRESP within
+    the ping timeout (default: the keepalive) -> the link is declared dead, closed without
+    DISCONNECT, and re-made."""
+    import fakebroker
+
+    with FakeBroker() as fb:
+        s = Spawned(rt, KEEPALIVE, fb.port)
+        try:
+            c = fb.accept()
+            c.expect(connect("fb-aio-ka", keepalive=1))
+            t0 = c.send(connack())
+            c.expect(fakebroker.PINGREQ, timeout=3)
+            assert 0.8 < c.last_time - t0 < 1.6, c.last_time - t0
+            c.expect_closed(timeout=3)  # no PINGRESP: dropped, no DISCONNECT (the will fires)
+            assert 0.8 < c.eof_time - c.last_time < 2.0, c.eof_time - c.last_time
+            c = fb.accept(timeout=3)
+            c.expect(connect("fb-aio-ka", keepalive=1))
+            c.send(connack())
+            c.expect_disconnect()
+            out = s.finish()
+        finally:
+            s.kill()
+    assert "RECONNECTS 1 | no PINGRESP within 1000 ms" in out, out
 
 
 # ---- TLS ---------------------------------------------------------------------------------

@@ -353,6 +353,8 @@ def main():
     o = opts(sys.argv[5:])
     if case.startswith("ours"):
         ours(int(case[4:]), port, n, cid, o)
+    elif case == "aioheap":
+        aioheap(port, cid, o)
     elif case.startswith("aio"):
         aio(int(case[3:]), port, n, cid, o)
     elif case.startswith("umqtt"):
@@ -361,8 +363,6 @@ def main():
         mem(port, n, cid, o)
     elif case == "heap":
         heap(port, cid, o)
-    elif case == "aioheap":
-        aioheap(port, cid, o)
     else:
         raise SystemExit("unknown case " + case)
 

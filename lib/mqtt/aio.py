@@ -41,6 +41,7 @@ from .policy import Policy, open_store
 
 LINK_ERRORS = (OSError, ConnectionLost, ProtocolError)
 _Timeout = asyncio.TimeoutError  # (CPython: the built-in TimeoutError, an OSError)
+_QUIET = LINK_ERRORS + (_Timeout,)  # a flat tuple: MicroPython refuses nested ones in except
 
 # The stream differences.  MicroPython: one Stream class for both ends, whose socket
 # (.s) takes writes directly (no slice allocated) and whose drain() waits for the
@@ -164,7 +165,7 @@ class MQTTClient:
         # _tick looks at the timers at least this often: an ack deadline armed while it
         # sleeps (by a publish) is noticed at most half an ack timeout late.
         self._cap = ack_timeout_ms // 2 if ack_timeout_ms else -1
-        self._r = self._w = self._sock = self._task = self._cur = self._err = self._room = None
+        self._r = self._w = self._sock = self._task = self._ticker = self._cur = self._err = self._room = None
         self._box = []   # received MESSAGE events not yet handed out, oldest first
         self._acks = {}  # SUBACK/UNSUBACK packet id -> return codes (b"" for UNSUBACK)
         self._ev = asyncio.Event()
@@ -284,7 +285,7 @@ class MQTTClient:
                 self.session.disconnect(ticks_ms())
                 if self._push():
                     await _within(self._flush(), 1000)
-            except (LINK_ERRORS, _Timeout):
+            except _QUIET:
                 pass
         self._halt()
         self._close(graceful=True)
@@ -411,7 +412,7 @@ class MQTTClient:
         if self._push():
             await self._flush()
         self._err = None
-        asyncio.create_task(self._tick(self._w))
+        self._ticker = asyncio.create_task(self._tick(self._w))  # (CPython keeps tasks weakly)
         return sp
 
     async def _pump(self):
@@ -610,6 +611,11 @@ class MQTTClient:
             if self.is_connected():
                 if not (qos and sess.window_full()):
                     return None
+                if self._cap >= 0:
+                    # the ack deadlines bound this wait (an ack or a dead link ends it), and
+                    # a wait without a time-out costs MicroPython no extra tasks
+                    await self._wait(-1)
+                    continue
                 if left > 0:
                     await self._wait(left)
                     continue
