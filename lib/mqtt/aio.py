@@ -36,8 +36,8 @@ from . import compat
 from .compat import MICROPYTHON, ticks_ms, ticks_diff
 from .codec import MQTTException, ProtocolError, check_topic
 from .session import Session, ConnectionLost, MESSAGE, SUBACKED, UNSUBACKED
-from .store import StoreFull
-from .policy import Policy, open_store
+from .store import StoreFull, open_store
+from .policy import Policy
 
 LINK_ERRORS = (OSError, ConnectionLost, ProtocolError)
 _Timeout = asyncio.TimeoutError  # (CPython: the built-in TimeoutError, an OSError)

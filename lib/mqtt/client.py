@@ -19,7 +19,7 @@ from . import compat
 from .compat import ticks_ms, ticks_diff, ticks_add, sleep_ms
 from .codec import MQTTException, ProtocolError, check_topic
 from .session import Session, ConnectionLost, CONNECTED, MESSAGE, SUBACKED, PONG
-from .store import MemoryStore, StoreFull
+from .store import StoreFull, open_store
 from .backoff import Backoff
 
 # What a lost or broken link raises; with reconnect=True these are absorbed.
@@ -61,13 +61,8 @@ class MQTTClient:
         self.sock = self.cb = self.lw = self.last_error = None
         self._poll_in = self._poll_out = self._ev = None
         self._details = False
-        if store is None:
-            store = MemoryStore(window)
-        elif isinstance(store, str) or hasattr(store, "readblocks"):
-            from .ring import RingStore  # only loaded when a flash store is asked for
-
-            store = RingStore(store, ring_size, ring_capacity, sync_every, log=log or trace, medium=ring_medium)
-        self.store = store
+        self.store = store = open_store(store, window, ring_size, ring_capacity, sync_every, log or trace,
+                                        ring_medium)
         # a store smaller than the window would refuse publishes the window admits
         self.session = Session(store, min(window, store.capacity), max_packet, ping_timeout_ms,
                                ack_timeout_ms, retries)

@@ -1,24 +1,11 @@
-# Connection policy: which store to open, when to try the next connection, and which
+# Connection policy: when to try the next connection, and which
 # subscriptions to restore after a CONNACK.  Sans-I/O like the session: fed `now` and
 # what happened, it answers with decisions; the front end owns the sockets, the clock
 # and the waiting.  mqtt.aio uses it; client.py keeps the same rules inline (moving it
 # onto this module costs ~1.4 KB of heap, which the 64-bit port's 128K test heap lacks:
 # see the commit that reverted it).
 from .compat import ticks_diff, ticks_add
-from .store import MemoryStore
 from .backoff import Backoff
-
-
-def open_store(store, window, ring_size, ring_capacity, sync_every, log, medium):
-    """store: None (RAM, `window` slots); a path or a block device with the
-    esp32.Partition protocol (the flash ring, ring.RingStore); or a store object."""
-    if store is None:
-        return MemoryStore(window)
-    if isinstance(store, str) or hasattr(store, "readblocks"):
-        from .ring import RingStore  # only loaded when a flash store is asked for
-
-        return RingStore(store, ring_size, ring_capacity, sync_every, log=log, medium=medium)
-    return store
 
 
 class Policy:

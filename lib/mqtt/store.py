@@ -239,3 +239,15 @@ class MemoryStore:
         if self.journal:
             d.update(self.journal.stats())
         return d
+
+
+def open_store(store, window, ring_size, ring_capacity, sync_every, log, medium):
+    """store: None (RAM, `window` slots); a path or a block device with the
+    esp32.Partition protocol (the flash ring, ring.RingStore); or a store object."""
+    if store is None:
+        return MemoryStore(window)
+    if isinstance(store, str) or hasattr(store, "readblocks"):
+        from .ring import RingStore  # only loaded when a flash store is asked for
+
+        return RingStore(store, ring_size, ring_capacity, sync_every, log=log, medium=medium)
+    return store
