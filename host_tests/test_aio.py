@@ -628,6 +628,59 @@ def test_an_unacknowledged_publish_is_resent_with_dup_and_the_same_id_after_a_re
     assert "FLUSH True" in out and "REFUSED" in out and "CONNECTED True RECONNECTS 1" in out, out
 
 
+RESTORE = """
+async def main():
+    c = MQTTClient("fb-aio-rs", HOST, PORT, timeout_ms=3000, reconnect=True, backoff_ms=50,
+                   backoff_cap_ms=200)
+    await c.connect(clean_session=False)
+    print("GRANTED", list(await c.subscribe([("rs/a", 1), ("rs/b", 2)])))
+    n = 0
+    async for m in c.messages():
+        show(m)
+        n += 1
+        if n == 2:
+            break
+    print("RECONNECTS", c.reconnects)
+    await c.disconnect()
+asyncio.run(main())
+"""
+
+
+def test_subscriptions_are_restored_only_when_the_broker_lost_the_session(rt):
+    """The supervisor's restore rule through the asyncio front end, byte-exact: after a
+    re-connection whose CONNACK says session present = 0 the client subscribes again to
+    every filter at its QoS [MQTT-3.2.2-1]; with session present = 1 it does not."""
+    subs = [("rs/a", 1), ("rs/b", 2)]
+    with FakeBroker() as fb:
+        s = Spawned(rt, RESTORE, fb.port)
+        try:
+            c = fb.accept()
+            c.expect(connect("fb-aio-rs", clean=False))
+            c.send(connack())
+            pid = c.expect_packet(subscribe(1, subs), any_pid=True)
+            c.send(suback(pid, 1, 2))
+            s.wait_line("GRANTED")
+            c.close()
+            c = fb.accept()
+            c.expect(connect("fb-aio-rs", clean=False))
+            c.send(connack(session_present=0))
+            pid = c.expect_packet(subscribe(1, subs), any_pid=True)
+            c.send(suback(pid, 1, 2))
+            c.send(publish("rs/a", "one"))
+            s.wait_line("MSG")
+            c.close()
+            c = fb.accept()
+            c.expect(connect("fb-aio-rs", clean=False))
+            c.send(connack(session_present=1))
+            c.send(publish("rs/b", "two"))
+            c.expect_disconnect()  # and no SUBSCRIBE before it
+            out = s.finish()
+        finally:
+            s.kill()
+    assert msgs(out) == [("rs/a", "one", "0", "0", "0"), ("rs/b", "two", "0", "0", "0")], out
+    assert "GRANTED [1, 2]" in out and "RECONNECTS 2" in out, out
+
+
 KEEPALIVE = """
 async def main():
     c = MQTTClient("fb-aio-ka", HOST, PORT, keepalive=1, timeout_ms=2000, reconnect=True,

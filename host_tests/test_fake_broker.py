@@ -879,3 +879,61 @@ def test_subscribe_returns_granted_qos_and_suback_0x80_raises(rt):
     name, kinds, msg = ch.exception()
     assert "MQTTException" in kinds and "ProtocolError" not in kinds, ch.out
     assert ch.lines("UNSUBSCRIBED") == [()] and ch.lines("DONE") == [()], ch.out
+
+
+RESTORE = '''
+got = []
+c = MQTTClient("fb-rs", "127.0.0.1", PORT, timeout_ms=3000, reconnect=True, backoff_ms=50,
+               backoff_cap_ms=200)
+c.set_callback(lambda t, m: got.append(print("MSG", t.decode(), m.decode(), 0, 0, 0)))
+c.connect(clean_session=False)
+print("GRANTED", list(c.subscribe([("rs/a", 1), ("rs/b", 2)])))
+t = ticks_ms()
+while len(got) < 2 and ticks_diff(ticks_ms(), t) < 10000:
+    c.wait_msg(200)
+print("SUB_C", c.subscribe("rs/c", 1))
+while len(got) < 3 and ticks_diff(ticks_ms(), t) < 10000:
+    c.wait_msg(200)
+print("RECONNECTS", c.reconnects)
+c.disconnect()
+'''
+
+
+def test_subscriptions_are_restored_when_the_broker_lost_them_or_a_subscribe_was_cut_off(rt):
+    """The supervisor's restore rule through the blocking front end, byte-exact: after a
+    re-connection with session present = 0 every filter is subscribed again at its QoS
+    [MQTT-3.2.2-1]; with session present = 1 nothing is, unless a SUBSCRIBE was cut off
+    by the outage (then all of them, the new filter last)."""
+    subs = [("rs/a", 1), ("rs/b", 2)]
+    with FakeBroker() as fb, client(rt, RESTORE, fb.port) as ch:
+        c = fb.accept()
+        c.expect(connect("fb-rs", clean=False))
+        c.send(connack())
+        pid = c.expect_packet(subscribe(1, subs), any_pid=True)
+        c.send(suback(pid, 1, 2))
+        time.sleep(0.5)  # subscribe() returns before the cut (a SUBACK and EOF read together: None)
+        c.close()
+        c = fb.accept()
+        c.expect(connect("fb-rs", clean=False))
+        c.send(connack(session_present=0))
+        pid = c.expect_packet(subscribe(1, subs), any_pid=True)
+        c.send(suback(pid, 1, 2))
+        c.send(publish("rs/a", "one"))
+        c.close()
+        c = fb.accept()
+        c.expect(connect("fb-rs", clean=False))
+        c.send(connack(session_present=1))
+        c.send(publish("rs/b", "two"))  # no SUBSCRIBE came first: the next packet is rs/c's
+        c.expect_packet(subscribe(1, [("rs/c", 1)]), any_pid=True)
+        c.close()  # cut off before its SUBACK
+        c = fb.accept()
+        c.expect(connect("fb-rs", clean=False))
+        c.send(connack(session_present=1))
+        pid = c.expect_packet(subscribe(1, subs + [("rs/c", 1)]), any_pid=True)
+        c.send(suback(pid, 1, 2, 1))
+        c.send(publish("rs/c", "three"))
+        c.expect_disconnect()
+        out = ch.finish()
+    assert ch.messages() == [("rs/a", "one", "0", "0", "0"), ("rs/b", "two", "0", "0", "0"),
+                             ("rs/c", "three", "0", "0", "0")], out
+    assert "GRANTED [1, 2]" in out and "SUB_C None" in out and "RECONNECTS 3" in out, out

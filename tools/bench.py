@@ -979,7 +979,7 @@ def report(facts, args, cases, lat, mem, size, heap=None):
             tp += p
             tm += m
         w("| **total lib/mqtt** (target ≤ 10,240) | **%s** | **%s** |" % ("{:,}".format(tp), "{:,}".format(tm)))
-        opt = [n for n in ("ring.py", "backoff.py", "tls.py") if n in size["modules"]]
+        opt = [n for n in ("ring.py", "tls.py") if n in size["modules"]]
         if opt:
             cp = tp - sum(size["modules"][n][0] for n in opt)
             cm = tm - sum(size["modules"][n][1] for n in opt)

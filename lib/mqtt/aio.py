@@ -1,12 +1,12 @@
 # mqtt.aio.MQTTClient: the asyncio front end, for CPython's asyncio and MicroPython's,
-# over the same sans-I/O Session, stores and connection policy (policy.py) as the
-# blocking client.
+# over the same sans-I/O Session, stores and connection supervisor (supervisor.py) as
+# the blocking client.
 #
 # Theory of operation
 # -------------------
-# One background task per client, the supervisor (_run), owns the link: it connects
-# (with reconnect=True it re-connects on the policy's back-off schedule; the session
-# resends per §4.4 and the policy says what to subscribe again), then pumps: reads,
+# One background task per client, the link task (_run), owns the link: it connects
+# (with reconnect=True it re-connects on the supervisor's back-off schedule; the session
+# resends per §4.4 and the supervisor says what to subscribe again), then pumps: reads,
 # feeds the session, queues received messages for the consumer, runs the session's
 # timers and writes what the session queued.  The app's tasks call publish/subscribe/...
 # concurrently.  Each call works on the session synchronously (no await between
@@ -37,7 +37,7 @@ from .compat import MICROPYTHON, ticks_ms, ticks_diff
 from .codec import MQTTException, ProtocolError, check_topic
 from .session import Session, ConnectionLost, MESSAGE, SUBACKED, UNSUBACKED
 from .store import StoreFull, open_store
-from .policy import Policy
+from .supervisor import Supervisor
 
 LINK_ERRORS = (OSError, ConnectionLost, ProtocolError)
 _Timeout = asyncio.TimeoutError  # (CPython: the built-in TimeoutError, an OSError)
@@ -161,21 +161,19 @@ class MQTTClient:
                                    ack_timeout_ms, retries)
         s.trace = self.trace = trace
         s.log = log or trace
-        self.policy = Policy(backoff_ms, backoff_cap_ms)
+        self.supervisor = Supervisor(s, backoff_ms, backoff_cap_ms)  # .down: re-connecting
         # _tick looks at the timers at least this often: an ack deadline armed while it
         # sleeps (by a publish) is noticed at most half an ack timeout late.
         self._cap = ack_timeout_ms // 2 if ack_timeout_ms else -1
         self._r = self._w = self._sock = self._task = self._ticker = self._cur = self._err = self._room = None
         self._box = []   # received MESSAGE events not yet handed out, oldest first
-        self._acks = {}  # SUBACK/UNSUBACK packet id -> return codes (b"" for UNSUBACK)
         self._ev = asyncio.Event()
         self._waiting = 0  # tasks in _wait
         self._lock = asyncio.Lock()  # held by the one task waiting for the socket
         self._clean = True
-        self._down = False  # link lost, re-connecting (reconnect=True)
         self._done = False  # disconnect() or close(): no re-connecting, messages() ends
         self._first = False  # the next __anext__ is a new loop's first
-        self._shed = self._respid = 0
+        self._shed = 0
         self.reconnects = 0  # successful re-connections
         self.dropped = 0     # QoS 0 messages not sent: the link was down
         self.overflow = 0    # received messages not queued: the inbox was full
@@ -194,7 +192,7 @@ class MQTTClient:
         error is still raised)."""
         self._halt()
         self._clean = clean_session
-        self._down = self._done = False
+        self.supervisor.down = self._done = False
         self._err = None
         try:
             sp = await self._open()
@@ -235,13 +233,13 @@ class MQTTClient:
         codes = await self._request(self.session.subscribe, topics)
         if 0x80 in codes:
             raise MQTTException("subscription refused by the broker (SUBACK 0x80)")
-        self.policy.remember(topics)
+        self.supervisor.remember(topics)
         return codes[0] if len(codes) == 1 else codes
 
     async def unsubscribe(self, topic):
         topics = topic if isinstance(topic, list) else [topic]
         await self._request(self.session.unsubscribe, topics)
-        self.policy.forget(topics)
+        self.supervisor.forget(topics)
 
     def messages(self):
         """`async for m in c.messages():` each received message in order: m.topic,
@@ -262,14 +260,14 @@ class MQTTClient:
     async def flush(self, timeout_ms=None):
         """Wait until nothing is in flight in either direction (True) or timeout_ms
         (default: the client's) has passed (False); through re-connections."""
-        if not (self.reconnect or self._down):
+        if not (self.reconnect or self.supervisor.down):
             self._check()
         t = self.timeout_ms if timeout_ms is None else timeout_ms
         start = ticks_ms()
         sess = self.session
-        while sess.busy() or self._down and self.store.count:
+        while sess.busy() or self.supervisor.down and self.store.count:
             left = t - ticks_diff(ticks_ms(), start)
-            if left <= 0 or not (self._down or self.is_connected()):
+            if left <= 0 or not (self.supervisor.down or self.is_connected()):
                 return False
             await self._wait(left)
         return True
@@ -278,7 +276,7 @@ class MQTTClient:
         """Finish in-flight flows (bounded by timeout_ms), send DISCONNECT and close.
         What is left unfinished stays in the store for the next persistent session."""
         self._done = True
-        self._down = False
+        self.supervisor.down = False
         if self.is_connected():
             try:
                 await self.flush(timeout_ms)
@@ -295,7 +293,7 @@ class MQTTClient:
     def close(self):
         """Drop the link without DISCONNECT (the broker publishes the will)."""
         self._done = True
-        self._down = False
+        self.supervisor.down = False
         self._halt()
         self._close()
         self._pulse()
@@ -325,7 +323,7 @@ class MQTTClient:
         while not box or self._done:
             if self._done:
                 raise StopAsyncIteration
-            if self._err is not None and not self._down:
+            if self._err is not None and not self.supervisor.down:
                 raise self._err
             await self._wait(-1)
         m = self._cur = Message(box.pop(0))
@@ -333,23 +331,22 @@ class MQTTClient:
             self._room.set()  # a paused pump reads on
         return m
 
-    # ---- the supervisor ------------------------------------------------------------
+    # ---- the link task -------------------------------------------------------------
     async def _run(self):
         try:
             while True:
                 if not self.is_connected():
-                    if not self._down:
+                    if not self.supervisor.down:
                         break
-                    d = ticks_diff(self.policy.next_try, ticks_ms())
-                    if d > 0:
+                    d = self.supervisor.due(ticks_ms())
+                    if d:
                         await _sleep_ms(d)
                     try:
                         await self._open()
                     except (OSError, MQTTException) as e:
                         self._lost(e)
                         continue
-                    self._down = False
-                    self.reconnects += 1
+                    self.reconnects += 1  # (the supervisor's up() ended .down)
                     self._pulse()
                 try:
                     await self._pump()
@@ -357,7 +354,7 @@ class MQTTClient:
                     self._lost(e)
         except Exception as e:  # not the link's fault (a store error, say): the calls raise it
             self._close()
-            self._down = False
+            self.supervisor.down = False
             self._err = e
             self._pulse()
         if self._task is asyncio.current_task():
@@ -399,16 +396,13 @@ class MQTTClient:
             raise OSError("TLS handshake failed: %s" % e)
         now = ticks_ms()
         sp = ev[2]
-        self.policy.up(now)
         if not sp:  # the broker forgot the messages not yet acknowledged: no ack is owed
             box = self._box
             for i in range(len(box)):
                 box[i] = box[i][:6] + (0,)
             if self._cur:
                 self._cur.ev = None
-        subs = self._down and self.policy.restore(sp, False)
-        if subs:  # not waited for: the pump matches its SUBACK
-            self._respid = sess.subscribe(subs, now)
+        self.supervisor.up(sp, now)  # may queue the SUBSCRIBE restoring the subscriptions
         if self._push():
             await self._flush()
         self._err = None
@@ -442,13 +436,7 @@ class MQTTClient:
                         continue
                     box.append(ev)
                 elif k == SUBACKED or k == UNSUBACKED:
-                    pid = ev[1]
-                    if pid == self._respid:
-                        self._respid = 0
-                        if 0x80 in ev[2] and sess.log:
-                            sess.log("restoring subscriptions: SUBACK 0x80 (refused)")
-                    else:
-                        self._acks[pid] = ev[2] or b""
+                    self.supervisor.event(ev)
             if sess.shed or self._shed:
                 await self._leave(sess.shed + self._shed)
             if self._push():
@@ -516,7 +504,7 @@ class MQTTClient:
 
     # ---- link state ----------------------------------------------------------------
     def _halt(self):
-        """Stop the supervisor (unless it is the caller)."""
+        """Stop the link task (unless it is the caller)."""
         t = self._task
         self._task = None
         if t is not None and t is not asyncio.current_task():
@@ -534,11 +522,9 @@ class MQTTClient:
                 pass
         sess = self.session
         now = ticks_ms()
-        if sess.connected:
-            self.policy.ended(now)  # for the back-off rule
+        self.supervisor.ended(now)
         sess.link_ended(by_broker, now)
         sess.reset()
-        self._acks = {}
         self._shed = 0
 
     def _lost(self, e, by_broker=False):
@@ -552,18 +538,15 @@ class MQTTClient:
         self.last_error = e
         t = self._task
         if t is not None and t is not asyncio.current_task():
-            t.cancel()  # the supervisor waits on the link just closed: start over
+            t.cancel()  # the link task waits on the link just closed: start over
             self._task = t = None
         if self.reconnect and not self._done:
-            self._down = True
-            d = self.policy.retry(ticks_ms())
-            if self.trace:
-                self.trace("link down (%s); next attempt in %d ms" % (e, d))
+            self.supervisor.lost(e, ticks_ms())
             if t is None:
                 self._task = asyncio.create_task(self._run())
         else:
             self._err = e
-            self._down = False
+            self.supervisor.down = False
         self._pulse()
         return e
 
@@ -622,7 +605,7 @@ class MQTTClient:
                 self._fail(self._w, ConnectionLost("timed out waiting for the in-flight window"))
             check_topic(topic, False)  # before dropping, waiting or storing
             if not qos:
-                if not (self.reconnect or self._down):
+                if not (self.reconnect or self.supervisor.down):
                     self._check()
                 self.dropped += 1
                 return 0
@@ -640,7 +623,7 @@ class MQTTClient:
         did not come on this one."""
         while True:
             while not self.is_connected():
-                if not self._down:
+                if not self.supervisor.down:
                     self._check()
                 await self._wait(-1)
             w = self._w
@@ -649,7 +632,7 @@ class MQTTClient:
             if self._send():
                 await self._out()
             while w is self._w:
-                r = self._acks.pop(pid, None)
+                r = self.supervisor.acks.pop(pid, None)
                 if r is not None:
                     return r
                 left = self.timeout_ms - ticks_diff(ticks_ms(), start)

@@ -18,9 +18,9 @@ import errno
 from . import compat
 from .compat import ticks_ms, ticks_diff, ticks_add, sleep_ms
 from .codec import MQTTException, ProtocolError, check_topic
-from .session import Session, ConnectionLost, CONNECTED, MESSAGE, SUBACKED, PONG
+from .session import Session, ConnectionLost, CONNECTED, MESSAGE, PONG
 from .store import StoreFull, open_store
-from .backoff import Backoff
+from .supervisor import Supervisor
 
 # What a lost or broken link raises; with reconnect=True these are absorbed.
 LINK_ERRORS = (OSError, ConnectionLost, ProtocolError)
@@ -44,7 +44,8 @@ class MQTTClient:
         ack_timeout_ms / retries: an unacknowledged QoS 1 PUBLISH or PUBREL is resent
           (DUP) up to `retries` times, then the link is declared dead (see session.py).
         reconnect: re-connect automatically (back-off from backoff_ms doubling to
-          backoff_cap_ms, with jitter; reset only after a healthy link, see _go_down).
+          backoff_cap_ms, with jitter; reset only after a healthy link, see
+          Supervisor.lost).
         trace: callable(str) that gets a line for every packet sent and received.
         log: callable(str) for rare events worth a line (an oversize message skipped,
           QoS 2 downgraded by the broker, a subscription refused on restore);
@@ -59,7 +60,7 @@ class MQTTClient:
         self.ssl_params = ssl_params
         self.timeout_ms = timeout_ms
         self.sock = self.cb = self.lw = self.last_error = None
-        self._poll_in = self._poll_out = self._ev = None
+        self._poll_in = self._poll_out = None
         self._details = False
         self.store = store = open_store(store, window, ring_size, ring_capacity, sync_every, log or trace,
                                         ring_medium)
@@ -71,19 +72,14 @@ class MQTTClient:
         # False: hold received PUBLISH back (neither delivered nor acknowledged, so the
         # broker keeps them), e.g. while finishing flows before disconnecting.
         self.deliver = True
-        # reconnect state
+        # reconnecting (reconnect=True): the supervisor decides when and what to restore;
+        # .down while the link is lost
         self.reconnect = reconnect
-        self.backoff = Backoff(backoff_ms, backoff_cap_ms)
+        self.supervisor = Supervisor(self.session, backoff_ms, backoff_cap_ms)
         self._clean = True
-        self._subs = []       # [(topic, qos)] to restore when the broker lost the session
-        self._resub = False   # a SUBSCRIBE was cut off: restore even if the session survived
-        self._down = False    # link lost, re-connecting (reconnect=True)
-        self._next_try = 0
+        self._ev = None       # the CONNECTED event that ends a connection attempt
         self._att = None      # deadline of the connection attempt in progress
-        self._up_at = 0       # when the last CONNACK arrived
-        self._healthy = False  # the link last lost had lived long enough (see _go_down)
         self._stall = None    # since when the socket has taken no bytes (see _flush_tx)
-        self._respid = 0      # SUBSCRIBE id of the subscriptions being restored
         self.reconnects = 0   # successful re-connections
         self.dropped = 0      # QoS 0 messages dropped while the link was down
         self._progress = ticks_ms()
@@ -108,7 +104,7 @@ class MQTTClient:
         the client keeps trying in the background after such a failure (the error is
         still raised)."""
         self._clean = clean_session
-        self._down = False
+        self.supervisor.down = False
         try:
             self._begin(self.timeout_ms if timeout_ms is None else timeout_ms)
             return bool(self._advance(-1)[2])
@@ -121,7 +117,7 @@ class MQTTClient:
     def disconnect(self, timeout_ms=None):
         """Finish in-flight QoS 1/2 flows (bounded), send DISCONNECT and close.
         What is left unfinished stays in the store for the next persistent session."""
-        self._down = False
+        self.supervisor.down = False
         if self.sock is None:
             return
         try:
@@ -138,7 +134,7 @@ class MQTTClient:
         if self._up(0):
             self.session.ping(ticks_ms())
             self._guard(self._flush_tx, ticks_ms(), self.timeout_ms)
-        elif not self._down:
+        elif not self.supervisor.down:
             self._check()
 
     def publish(self, topic, msg, retain=False, qos=0):
@@ -155,7 +151,7 @@ class MQTTClient:
             if not self._up(0):
                 check_topic(topic, False)  # before dropping, waiting or storing
                 if qos == 0:
-                    if not (self.reconnect or self._down):
+                    if not (self.reconnect or self.supervisor.down):
                         self._check()
                     self.dropped += 1
                     return 0
@@ -200,30 +196,30 @@ class MQTTClient:
             check_topic(t, True)
             if q not in (0, 1, 2):
                 raise ValueError("qos must be 0, 1 or 2")
-        for t, q in topics:
-            self._subs = [s for s in self._subs if s[0] != t] + [(t, q)]
-        self._resub = True
+        sup = self.supervisor
+        sup.remember(topics)
+        sup.resub = True
         if not self._up(0):
-            if self._down:
+            if sup.down:
                 return None  # reconnect=True: subscribed after the next CONNACK
             self._check()
         codes = self._guard(self._subscribe, topics)
         if codes is False:
             return None  # link lost (reconnect=True): restored after the next CONNACK
-        self._resub = False
+        sup.resub = False
         return codes[0] if len(codes) == 1 else codes
 
     def unsubscribe(self, topic):
         topics = topic if isinstance(topic, list) else [topic]
         self._check()
         self._request(self.session.unsubscribe(topics, ticks_ms()), "UNSUBACK", self.timeout_ms)
-        self._subs = [s for s in self._subs if s[0] not in topics]
+        self.supervisor.forget(topics)
 
     def check_msg(self):
         """Process whatever has arrived, without waiting; delivers messages to the callback."""
         if self._up(0):
             self._guard(self._pump, 0)
-        elif not self._down:
+        elif not self.supervisor.down:
             self._check()
 
     def wait_msg(self, timeout_ms=-1):
@@ -233,7 +229,7 @@ class MQTTClient:
         while True:
             left = -1 if timeout_ms < 0 else max(0, self._left(start, timeout_ms))
             if not self._up(left):
-                if not self._down:
+                if not self.supervisor.down:
                     self._check()
                 if timeout_ms >= 0:
                     left = self._left(start, timeout_ms)
@@ -249,7 +245,7 @@ class MQTTClient:
     def flush(self, timeout_ms=None):
         """Drive I/O until nothing is in flight in either direction (True) or timeout
         (False).  With reconnect=True this includes re-connecting."""
-        if not (self.reconnect or self._down):
+        if not (self.reconnect or self.supervisor.down):
             self._check()
         return self._flush(self.timeout_ms if timeout_ms is None else timeout_ms)
 
@@ -269,7 +265,7 @@ class MQTTClient:
 
     def close(self):
         """Drop the socket without DISCONNECT (the broker will publish the will)."""
-        self._down = False
+        self.supervisor.down = False
         self._close()
 
     # ---- connection management --------------------------------------------------
@@ -301,15 +297,11 @@ class MQTTClient:
                 self._pump(left)
                 ev = self._ev
                 if ev is not None and ev[0] == CONNECTED:
-                    # resends are queued by the session [MQTT-4.4.0-1]; restore the
-                    # subscriptions (not waiting for the SUBACK) when reconnecting to a
-                    # broker that lost them, or after a SUBSCRIBE was cut off
+                    # resends are queued by the session [MQTT-4.4.0-1], the
+                    # subscriptions to restore by the supervisor
                     self._ev = self._att = None
-                    self._up_at = self._progress = now = ticks_ms()
-                    if self._down and self._subs and (not ev[2] or self._resub):
-                        self._respid = sess.subscribe(self._subs, now)
-                    else:
-                        self._resub = False
+                    self._progress = now = ticks_ms()
+                    self.supervisor.up(ev[2], now)
                     self._flush_tx(now, 0)
                     return ev
             elif compat.wait(self._poll_out, left):
@@ -330,24 +322,10 @@ class MQTTClient:
                 return False
 
     def _go_down(self, e):
-        """The link is gone (reconnect=True): schedule the next attempt.
-
-        Back-off rule: each failed attempt, and each link that dies within
-        backoff_cap_ms of its CONNACK, doubles the delay (up to backoff_cap_ms, with
-        jitter); only a link that stayed up at least backoff_cap_ms starts it over at
-        backoff_ms.  So an error that recurs on every connection (a broker that drops
-        us right after CONNACK, a message it refuses every time) settles at about one
-        connection per backoff_cap_ms instead of a storm, while a broker restart after
-        a long healthy link is retried within backoff_ms."""
+        """The link is gone (reconnect=True): the supervisor schedules the next attempt."""
         self._close()
-        if self._healthy:
-            self.backoff.reset()
-            self._healthy = False
-        self._down = True
         self.last_error = e
-        self._next_try = ticks_add(ticks_ms(), self.backoff.next_ms())
-        if self.trace:
-            self.trace("link down (%s); next attempt in %d ms" % (e, ticks_diff(self._next_try, ticks_ms())))
+        self.supervisor.lost(e, ticks_ms())
 
     def _link_lost(self, e):
         if not self.reconnect:
@@ -370,11 +348,11 @@ class MQTTClient:
         is due and drives it for at most w ms (-1: until it ends)."""
         if self.is_connected():
             return True
-        if not self._down:
+        if not self.supervisor.down:
             return False
         try:
             if self._att is None:
-                if ticks_diff(ticks_ms(), self._next_try) < 0:
+                if self.supervisor.due(ticks_ms()):
                     return False
                 self._begin(self.timeout_ms)
             if not self._advance(w):
@@ -383,20 +361,19 @@ class MQTTClient:
             self._progress = ticks_ms()  # an attempt completed: the loop is alive
             self._go_down(e)
             return False
-        self._down = False
-        self.reconnects += 1
+        self.reconnects += 1  # (the supervisor's up() ended .down)
         return True
 
     def _sleep_until_retry(self, left):
         """Wait (at most `left` ms, -1 = as needed) for the next reconnect attempt, then
         drive it for what is left."""
-        if not self._down:
+        if not self.supervisor.down:
             if left > 0:
                 sleep_ms(left)
             return
         start = ticks_ms()
         if self._att is None:
-            d = max(0, ticks_diff(self._next_try, start))
+            d = self.supervisor.due(start)
             if left >= 0:
                 d = min(d, left)
             if d:
@@ -405,13 +382,13 @@ class MQTTClient:
 
     def _flush(self, t):
         start = ticks_ms()
-        while self.session.busy() or (self._down and self.store.count):
+        while self.session.busy() or (self.supervisor.down and self.store.count):
             left = self._left(start, t)
             if left <= 0:
                 return False
             if self._up(left):
                 self._guard(self._pump, max(0, self._left(start, t)))
-            elif self._down:
+            elif self.supervisor.down:
                 self._sleep_until_retry(max(0, self._left(start, t)))
             else:
                 return False
@@ -436,9 +413,9 @@ class MQTTClient:
                 pass
             self.sock = None
         sess = self.session
-        if sess.connected:  # for the back-off rule (see _go_down)
-            self._healthy = ticks_diff(ticks_ms(), self._up_at) >= self.backoff.cap_ms
-        sess.link_ended(by_broker, ticks_ms())
+        now = ticks_ms()
+        self.supervisor.ended(now)
+        sess.link_ended(by_broker, now)
         sess.reset()
         self._att = self._stall = None
         if e:
@@ -524,15 +501,11 @@ class MQTTClient:
                 k = ev[0]
                 if k == MESSAGE:
                     self._deliver(ev)
-                elif k != PONG:
-                    self._ev = ev  # CONNECTED, SUBACKED, UNSUBACKED: see _request
-                    if k == CONNECTED:
-                        return True
-                    if k == SUBACKED and ev[1] == self._respid:  # see _connected
-                        self._respid = 0
-                        self._resub = False
-                        if 0x80 in ev[2] and sess.log:
-                            sess.log("restoring subscriptions: SUBACK 0x80 (refused)")
+                elif k == CONNECTED:
+                    self._ev = ev  # see _advance
+                    return True
+                elif k != PONG:  # SUBACKED, UNSUBACKED: see _request
+                    self.supervisor.event(ev)
             if sess.txn - sess.txoff >= 512:
                 # a broker flooding us would otherwise grow tx by 4 bytes per ack
                 self._flush_tx(ticks_ms(), self.timeout_ms)
@@ -580,14 +553,13 @@ class MQTTClient:
 
     def _request(self, pid, what, t):
         """Wait (at most t ms) for the SUBACK or UNSUBACK of pid, whose packet is
-        queued; returns what the event carries (return codes, None)."""
-        self._ev = None
+        queued; returns its return codes (b"" for an UNSUBACK)."""
+        acks = self.supervisor.acks
         start = ticks_ms()
-        while self._ev is None or self._ev[1] != pid:
+        while pid not in acks:
             left = self._left(start, t)
             if left <= 0:
                 self._close(ConnectionLost("timed out waiting for " + what))
             self._pump(left)
-        ev = self._ev
-        self._ev = None
-        return ev[2]
+            acks = self.supervisor.acks  # (a new dict once the link ended)
+        return acks.pop(pid)

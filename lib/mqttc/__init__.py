@@ -565,10 +565,8 @@ class Runner:
         if why.startswith("cannot connect to "):
             why = why.split(": ", 1)[-1]
         why = why.split(" (")[0].split("; ")[0]  # the reason, not the advice
-        nxt = getattr(c, "_next_try", None)
-        line = "waiting for the broker at %s: attempt %d failed (%s)" % (self.where, max(self.attempts, 1), why)
-        if nxt is not None:
-            line += "; next try in %d s" % ((max(0, ticks_diff(nxt, now)) + 999) // 1000)
+        line = "waiting for the broker at %s: attempt %d failed (%s); next try in %d s" % (
+            self.where, max(self.attempts, 1), why, (c.supervisor.due(now) + 999) // 1000)
         n = c.in_flight()
         if n:
             if self.o["store"]:
