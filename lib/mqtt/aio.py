@@ -214,13 +214,22 @@ class MQTTClient:
         next CONNACK; a full store waits up to timeout_ms for the link, then raises
         StoreFull.  QoS 0 messages are dropped while the link is down (counted)."""
         sess = self.session
-        if not self.is_connected() or qos and sess.window_full():
+        w = self._w
+        if w is None or not sess.connected or qos and sess.window_full():
             pid = await self._publish_waiting(topic, msg, retain, qos)
             if pid is not None:
                 return pid
-        pid = sess.publish(topic, msg, qos, retain, ticks_ms())
-        if self._send():
-            await self._out()
+            w = self._w
+        now = ticks_ms()
+        pid = 0 if not qos and sess.publish0(topic, msg, retain, now) else sess.publish(topic, msg, qos, retain, now)
+        if w is not None:  # _send() inline: what the socket takes now, without waiting
+            try:
+                more = self._lock.locked() or _take(w, sess)
+            except LINK_ERRORS as e:
+                self._fail(w, e)
+                more = False
+            if more:
+                await self._out()
         return pid
 
     async def subscribe(self, topic, qos=0):
