@@ -54,10 +54,13 @@ if MICROPYTHON:
         return asyncio.wait_for_ms(aw, ms)
 
     def _take(w, sess):
-        """Hand the session's output to the socket without waiting; True when some is left."""
+        """Hand the session's output to the socket without waiting; True when some is left.
+        The stream's socket is non-blocking (no timeout): its write returns None when it
+        would block.  (Not compat.send: its try/except makes its frame too big for the C
+        stack, and a heap frame per call costs, among a task's garbage, more than the write.)"""
         n = sess.txn - sess.txoff
         if n:
-            sess.written(compat.send(w.s, sess.tx, sess.txoff, n))
+            sess.written(w.s.write(sess.tx, sess.txoff, n) or 0)
         return sess.txn > sess.txoff
 
     async def _wait_out(w, sess):

@@ -98,6 +98,12 @@ def _b(s):
     return s.encode() if isinstance(s, str) else s
 
 
+# MicroPython looks a builtin up in the module's globals first, and a miss in a table as full
+# as this module's costs more than the call: the ones publish0 calls per message are globals.
+len = len
+isinstance = isinstance
+
+
 class _Cut:
     """_CUT[a:b] is slice(a, b), which MicroPython cannot construct."""
 
