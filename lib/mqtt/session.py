@@ -104,15 +104,6 @@ len = len
 isinstance = isinstance
 
 
-class _Cut:
-    """_CUT[a:b] is slice(a, b), which MicroPython cannot construct."""
-
-    def __getitem__(self, s):
-        return s
-
-
-_CUT = _Cut()
-
 POISON_STRIKES = const(5)  # see Session.link_ended
 POISON_MS = const(2000)
 
@@ -129,12 +120,11 @@ class Session:
         self.trace = None  # callable(str) to log every packet, or None
         self.log = None    # callable(str) for the rare events below, or None
         self.tx = bytearray(256)  # tx[txoff:txn] is waiting to be written
-        # publish0 (see there and _lay, _head0): the topic whose length and bytes
-        # are laid at tx[5:] (None: nothing laid), where its payload goes, the largest packet
-        # end allowed; the fixed header in tx[_t0o:5] is for a packet ending at _t0e, with
-        # retain flag _t0r, and _t0s is the slice of the payload
-        self._t0 = self._t0r = self._t0s = None
-        self._t0p = self._t0max = self._t0o = self._t0e = 0
+        # publish0 (see there and _lay): the topic whose length and bytes are laid at tx[5:]
+        # (None: nothing laid) and where its payload goes; the fixed header in tx[_t0o:5] is
+        # for a packet ending at _t0e with retain flag _t0r
+        self._t0 = self._t0r = None
+        self._t0p = self._t0o = self._t0e = 0
         self.rx = bytearray(256)
         self._rxview = memoryview(self.rx)
         self.keepalive_ms = self._last_tx = 0
@@ -300,68 +290,59 @@ class Session:
         another packet is queued), so a topic object used again (bytes or str: immutable)
         is neither checked nor copied again; the payload goes after it and the fixed header
         right before it, ending at tx[5] (txoff 3, or 2 for a remaining length over 127),
-        where it also stays for the next message of the same length.
-        Small on purpose: MicroPython allocates the frame of a function with more than 11
-        words of locals and stack on the heap, at every call."""
+        where it also stays for the next message of the same length and retain flag.
+        Small on purpose: MicroPython puts the frame of a function with more than 11 words
+        of arguments, locals and stack on the heap, at every call."""
         if self.txn:
             return False
+        if isinstance(msg, str):
+            msg = msg.encode()
+        if topic is not self._t0 or self._t0p + len(msg) != self._t0e or retain is not self._t0r:
+            if not self._lay(topic, msg, retain):
+                return False
+        self.tx[self._t0p : self._t0e] = msg
+        self.txoff = self._t0o
+        self.txn = self._t0e
+        self._last_tx = now
+        if self.trace:
+            self._tr(">", self.tx, self._t0o, self._t0e)
+        return True
+
+    def _lay(self, topic, msg, retain):
+        """publish0's layout for this topic, payload length and retain flag: check the topic
+        (TopicError, as publish) and lay its length and bytes at tx[5:] unless it is laid
+        already, then the fixed header before it.  False when publish0 cannot take it (a
+        mutable topic, no room in tx, a remaining length over 16383)."""
+        tx = self.tx
         if topic is not self._t0:
             if not isinstance(topic, (bytes, str)):
                 return False
-            self._lay(topic)  # TopicError, as publish()
-            if topic is not self._t0:
+            t = check_topic(topic, False)
+            n = len(t)
+            if n + 7 > len(tx):
                 return False
-        if isinstance(msg, str):
-            msg = msg.encode()
-        end = self._t0p + len(msg)
-        if end > self._t0max:
-            return False
-        if end != self._t0e or retain is not self._t0r:
-            self._head0(end, retain)
-        self.tx[self._t0s] = msg  # a slice object kept: tx[a:b] would allocate one
-        self.txoff = self._t0o
-        self.txn = end
-        self._last_tx = now
-        if self.trace:
-            self._trtx()
-        return True
-
-    def _trtx(self):
-        self._tr(">", self.tx, self.txoff, self.txn)
-
-    def _lay(self, topic):
-        """Check topic (bytes or str; TopicError) and, with tx empty, lay its length and
-        bytes at tx[5:] for publish0 (tx[0:5] is left for the fixed header)."""
-        t = check_topic(topic, False)
-        n = len(t)
-        tx = self.tx
-        if n + 7 <= len(tx):
+            self._t0e = -1  # nothing valid for the new topic yet
             tx[5] = n >> 8
             tx[6] = n & 0xFF
             tx[7 : 7 + n] = t
             self._t0 = topic
             self._t0p = 7 + n
-            self._t0max = min(len(tx), 16388)  # packet end: room in tx, remaining length < 16384
-            self._t0e = -1  # no fixed header yet
-
-    def _head0(self, end, retain):
-        """The fixed header of publish0's packet, for a packet ending at tx[end],
-        right before tx[5]; it stays there for the next message of the same length and
-        retain flag."""
-        tx = self.tx
+        end = self._t0p + len(msg)
         rem = end - 5
+        if end > len(tx) or rem > 16383:
+            return False
         if rem < 128:
-            p = 3
+            n = 3
             tx[4] = rem
         else:
-            p = 2
+            n = 2
             tx[3] = rem & 0x7F | 0x80
             tx[4] = rem >> 7
-        tx[p] = 0x31 if retain else 0x30
-        self._t0o = p
+        tx[n] = 0x31 if retain else 0x30
+        self._t0o = n
         self._t0e = end
         self._t0r = retain
-        self._t0s = _CUT[self._t0p : end]
+        return True
 
     def _win(self):
         # While a poison candidate is under test it goes out alone (see link_ended):
