@@ -972,10 +972,17 @@ def side_table(cases, paho_version, n, runs):
          "warm-up), median of %d interleaved runs, each in a fresh process; lib/mqtt as .mpy on "
          "the unix port. *Written*: from just before the first `publish()` until every byte is "
          "written to the socket; *at the broker*: until a subscriber on another connection has "
-         "received the last message (same clock). Ratios are to the runtime's baseline." % (n, runs),
+         "received the last message (same clock). Ratios are to the runtime's baseline; in "
+         "brackets the slowest and the fastest run." % (n, runs),
          "",
          "| runtime | client | written msg/s | ratio | at the broker msg/s | ratio |",
          "| --- | --- | ---: | ---: | ---: | ---: |"]
+
+    def cell(median, runs):
+        if median is None:
+            return "error"
+        return "%s (%.0fk–%.0fk)" % (fmt_rate(median), min(runs) / 1e3, max(runs) / 1e3)
+
     base = {}
     for rt, key, label in SIDE_ROWS:
         c = cases.get(key)
@@ -986,8 +993,8 @@ def side_table(cases, paho_version, n, runs):
             base[rt] = (w, b)
         bw, bb = base[rt]
         L.append("| %s | %s | %s | %s | %s | %s |" % (
-            rt, label.replace("%s", paho_version), fmt_rate(w),
-            "%.2f×" % (w / bw) if w and bw else "—", fmt_rate(b),
+            rt, label.replace("%s", paho_version), cell(w, c.runs),
+            "%.2f×" % (w / bw) if w and bw else "—", cell(b, c.broker_runs),
             "%.2f×" % (b / bb) if b and bb else "—"))
     L.append("")
     return L
