@@ -260,10 +260,7 @@ class Session:
 
         QoS 1/2 are sent at once while fewer than `window` are in flight, else queued
         (the caller should wait for `window_full()` to clear to bound its memory).
-
-        QoS 0 takes publish0's shorter way when it can."""
-        if not qos and self.publish0(topic, msg, retain, now):
-            return 0
+        For QoS 0 the front ends try publish0 first."""
         topic = check_topic(topic, False)  # TopicError before anything is stored or sent
         msg = _b(msg)
         if qos not in (0, 1, 2):
