@@ -1100,7 +1100,7 @@ def report(facts, args, cases, lat, mem, size, heap=None):
         tails = ["%s %.1f ms" % (k, statistics.median(c.tails)) for d in (cases, lat)
                  for k, c in d.items() if c.tails]
         if tails:
-            w("Of which the final `flush()` (QoS 1/2) or ping round trip (QoS 0), median: "
+            w("Of which the final `flush()`, median: "
               + ", ".join(tails) + ".")
             w("")
     elif lat:
