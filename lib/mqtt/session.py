@@ -163,7 +163,7 @@ class Session:
         only when both are 0: written() and reset() keep it so.)"""
         tx = self.tx
         end = self.txn
-        self._t0 = None  # what publish laid at tx[5:] is overwritten
+        self._t0 = None  # what publish0 laid at tx[5:] is overwritten
         if len(tx) - end < n:
             used = end - self.txoff
             new = bytearray(max(2 * len(tx), used + n))
