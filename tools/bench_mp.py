@@ -8,6 +8,8 @@
 # CASE: ours0 ours1 ours2      our client, QoS 0/1/2, window 16 (option store=PATH)
 #       aio0 aio1 aio2         the asyncio client, the same (options store=PATH, tasks=K)
 #       umqtt0 umqtt1          umqtt.simple as shipped (option nodelay=1, cap_s=S)
+#       side                   the side-by-side QoS 0 driver (see q0_side): option
+#                              client=ours|aio|umqtt|paho, topic=T, nodelay=1 (umqtt)
 #       mem                    heap footprint and per-message allocation of ours
 #       heap                   heap after import, and with 16 QoS 1 in flight (option
 #                              store=PATH: the flash ring; N is ignored)
@@ -144,6 +146,92 @@ def umqtt(qos, port, n, cid, o):
     us = ticks_diff(ticks_us(), t0)
     c.disconnect()
     out(n=done, us=us)
+
+
+def q0_side(port, n, cid, o):
+    """QoS 0 side by side: the same loop drives every client, n x 64-byte publish() of one
+    bytes topic, no warm-up.  Prints t0_ns (time.time_ns() just before the first publish,
+    so that tools/bench.py's subscriber can time the broker's copy on the same clock) and
+    written_us: from just before the first publish() until every byte was written to the
+    socket (each client's publish() returns only then, except CPython's asyncio transport
+    and paho, which buffer: those are waited for until their buffer is empty).
+    After that (untimed) a round trip through the broker, then DISCONNECT."""
+    import time
+
+    kind = o.get("client", "ours")
+    topic = o.get("topic", "bench/q0").encode()
+    payload = PAYLOAD
+    res = {}
+    if kind == "aio":
+        import asyncio
+        from mqtt.aio import MQTTClient
+
+        async def main():
+            c = MQTTClient(cid, "127.0.0.1", port, timeout_ms=30000)
+            await c.connect()
+            pub = c.publish
+            t0_ns = time.time_ns()
+            t0 = ticks_us()
+            for _ in range(n):
+                await pub(topic, payload, False, 0)
+            w = c._w
+            if hasattr(w, "transport"):  # CPython: until the transport's buffer is empty
+                while w.transport.get_write_buffer_size():
+                    await asyncio.sleep(0)
+            t1 = ticks_us()
+            await c.subscribe(b"bench/rt/" + cid.encode(), 0)
+            t2 = ticks_us()
+            res.update(t0_ns=t0_ns, written_us=ticks_diff(t1, t0), rt_us=ticks_diff(t2, t0))
+            await c.disconnect()
+
+        asyncio.run(main())
+    elif kind == "paho":  # CPython only: publish(topic, payload, qos, retain), a network thread
+        import threading
+        import paho.mqtt.client as paho
+
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=cid)
+        ready = threading.Event()
+        c.on_connect = lambda *a: ready.set()
+        c.connect("127.0.0.1", port, keepalive=60)
+        c.loop_start()
+        if not ready.wait(30):
+            raise RuntimeError("no CONNACK")
+        p = c.publish
+        pub = (lambda t, m, r, q: p(t, m, q, r))  # the driver's argument order
+        topic = topic.decode()  # paho takes a str topic
+        t0_ns = time.time_ns()
+        t0 = ticks_us()
+        for _ in range(n):
+            info = pub(topic, payload, False, 0)
+        info.wait_for_publish(60)  # QoS 0: set once written to the socket, in order
+        t1 = ticks_us()
+        res.update(t0_ns=t0_ns, written_us=ticks_diff(t1, t0))
+        c.disconnect()
+        c.loop_stop()
+    else:
+        if kind == "umqtt":
+            from umqtt.simple import MQTTClient
+
+            c = MQTTClient(cid, "127.0.0.1", port)
+        else:
+            from mqtt import MQTTClient
+
+            c = MQTTClient(cid, "127.0.0.1", port, timeout_ms=30000)
+        c.connect()
+        if o.get("nodelay") == "1":
+            c.sock.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (ours sets it anyway)
+        pub = c.publish
+        t0_ns = time.time_ns()
+        t0 = ticks_us()
+        for _ in range(n):
+            pub(topic, payload, False, 0)
+        t1 = ticks_us()
+        c.ping()
+        c.wait_msg()  # the PINGRESP
+        t2 = ticks_us()
+        res.update(t0_ns=t0_ns, written_us=ticks_diff(t1, t0), rt_us=ticks_diff(t2, t0))
+        c.disconnect()
+    out(n=n, **res)
 
 
 def mem(port, n, cid, o):
@@ -359,6 +447,8 @@ def main():
         aio(int(case[3:]), port, n, cid, o)
     elif case.startswith("umqtt"):
         umqtt(int(case[5:]), port, n, cid, o)
+    elif case == "side":
+        q0_side(port, n, cid, o)
     elif case == "mem":
         mem(port, n, cid, o)
     elif case == "heap":

@@ -54,10 +54,13 @@ if MICROPYTHON:
         return asyncio.wait_for_ms(aw, ms)
 
     def _take(w, sess):
-        """Hand the session's output to the socket without waiting; True when some is left."""
+        """Hand the session's output to the socket without waiting; True when some is left.
+        The stream's socket is non-blocking (no timeout): its write returns None when it
+        would block.  (Not compat.send: its try/except makes its frame too big for the C
+        stack, and a heap frame per call costs, among a task's garbage, more than the write.)"""
         n = sess.txn - sess.txoff
         if n:
-            sess.written(compat.send(w.s, sess.tx, sess.txoff, n))
+            sess.written(w.s.write(sess.tx, sess.txoff, n) or 0)
         return sess.txn > sess.txoff
 
     async def _wait_out(w, sess):
@@ -212,13 +215,22 @@ class MQTTClient:
         next CONNACK; a full store waits up to timeout_ms for the link, then raises
         StoreFull.  QoS 0 messages are dropped while the link is down (counted)."""
         sess = self.session
-        if not self.is_connected() or qos and sess.window_full():
+        w = self._w
+        if w is None or not sess.connected or qos and sess.window_full():
             pid = await self._publish_waiting(topic, msg, retain, qos)
             if pid is not None:
                 return pid
-        pid = sess.publish(topic, msg, qos, retain, ticks_ms())
-        if self._send():
-            await self._out()
+            w = self._w
+        now = ticks_ms()
+        pid = 0 if not qos and sess.publish0(topic, msg, retain, now) else sess.publish(topic, msg, qos, retain, now)
+        if w is not None:  # _send() inline: what the socket takes now, without waiting
+            try:
+                more = self._lock.locked() or _take(w, sess)
+            except LINK_ERRORS as e:
+                self._fail(w, e)
+                more = False
+            if more:
+                await self._out()
         return pid
 
     async def subscribe(self, topic, qos=0):

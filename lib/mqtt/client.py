@@ -16,7 +16,7 @@
 
 import errno
 from . import compat
-from .compat import ticks_ms, ticks_diff, ticks_add, sleep_ms
+from .compat import ticks_ms, ticks_diff, ticks_add, sleep_ms, send
 from .codec import MQTTException, ProtocolError, check_topic
 from .session import Session, ConnectionLost, CONNECTED, MESSAGE, PONG
 from .store import StoreFull, open_store
@@ -147,7 +147,7 @@ class MQTTClient:
         QoS 0 messages are dropped while the link is down (at most once; counted)."""
         sess = self.session
         store = self.store
-        while True:
+        while qos or self.sock is None or not sess.connected:  # QoS 0, connected: straight on
             if not self._up(0):
                 check_topic(topic, False)  # before dropping, waiting or storing
                 if qos == 0:
@@ -178,10 +178,26 @@ class MQTTClient:
                 if not self.is_connected() and (self.reconnect or getattr(store, "persistent", False)):
                     continue  # the link went while we waited: take the way for a link that is down
             break
-        pid = sess.publish(topic, msg, qos, retain, ticks_ms())
+        now = ticks_ms()
+        pid = 0 if not qos and sess.publish0(topic, msg, retain, now) else sess.publish(topic, msg, qos, retain, now)
         if self.sock is not None:
             try:  # inline, not _guard: no bound method or tuple per message
-                self._flush_tx(ticks_ms(), self.timeout_ms)
+                # The first write here, a call less than _flush_tx: the socket usually
+                # takes the whole packet.  What it leaves, _flush_tx writes (or waits for).
+                n = sess.txn - sess.txoff
+                if n:
+                    try:
+                        k = send(self.sock, sess.tx, sess.txoff, n)
+                    except OSError as e:
+                        self._send_failed(e)
+                    if k == n:
+                        sess.txoff = sess.txn = 0  # sess.written(n), inline
+                        self._stall = None
+                    else:
+                        if k:
+                            sess.written(k)
+                            self._stall = None
+                        self._flush_tx(now, self.timeout_ms)
             except LINK_ERRORS as e:
                 self._close()
                 self._link_lost(e)
@@ -426,14 +442,18 @@ class MQTTClient:
         after start; returns True when all is out (what is left goes in a later call).
         A socket that takes nothing for timeout_ms means the link is dead."""
         sess = self.session
-        while sess.txn > sess.txoff:
+        n = sess.txn - sess.txoff
+        while n > 0:
             try:
-                k = compat.send(self.sock, sess.tx, sess.txoff, sess.txn - sess.txoff)
+                k = send(self.sock, sess.tx, sess.txoff, n)
             except OSError as e:
-                self._close(ConnectionLost("send failed: %s" % e), compat.is_reset(e))
+                self._send_failed(e)
             if k:
                 sess.written(k)
                 self._stall = None
+                if k == n:  # all of it: the usual case
+                    return True
+                n -= k
                 continue
             now = ticks_ms()
             if self._stall is None:
@@ -446,6 +466,10 @@ class MQTTClient:
                 return False
             compat.wait(self._poll_out, w)
         return True
+
+    def _send_failed(self, e):
+        """Writing to the socket raised OSError e: the link is dead."""
+        self._close(ConnectionLost("send failed: %s" % e), compat.is_reset(e))
 
     def _deliver(self, ev):
         if not self.deliver:

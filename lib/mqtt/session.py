@@ -98,6 +98,12 @@ def _b(s):
     return s.encode() if isinstance(s, str) else s
 
 
+# MicroPython looks a builtin up in the module's globals first, and a miss in a table as full
+# as this module's costs more than the call: the ones publish0 calls per message are globals.
+len = len
+isinstance = isinstance
+
+
 POISON_STRIKES = const(5)  # see Session.link_ended
 POISON_MS = const(2000)
 
@@ -114,6 +120,11 @@ class Session:
         self.trace = None  # callable(str) to log every packet, or None
         self.log = None    # callable(str) for the rare events below, or None
         self.tx = bytearray(256)  # tx[txoff:txn] is waiting to be written
+        # publish0 (see there and _lay): the topic whose length and bytes are laid at tx[5:]
+        # (None: nothing laid) and where its payload goes; the fixed header in tx[_t0o:5] is
+        # for a packet ending at _t0e with retain flag _t0r
+        self._t0 = self._t0r = None
+        self._t0p = self._t0o = self._t0e = 0
         self.rx = bytearray(256)
         self._rxview = memoryview(self.rx)
         self.keepalive_ms = self._last_tx = 0
@@ -152,6 +163,7 @@ class Session:
         only when both are 0: written() and reset() keep it so.)"""
         tx = self.tx
         end = self.txn
+        self._t0 = None  # what publish0 laid at tx[5:] is overwritten
         if len(tx) - end < n:
             used = end - self.txoff
             new = bytearray(max(2 * len(tx), used + n))
@@ -247,7 +259,8 @@ class Session:
         """Queue a PUBLISH; QoS 1/2 go into the store first.  Returns the packet id (0 for QoS 0).
 
         QoS 1/2 are sent at once while fewer than `window` are in flight, else queued
-        (the caller should wait for `window_full()` to clear to bound its memory)."""
+        (the caller should wait for `window_full()` to clear to bound its memory).
+        For QoS 0 the front ends try publish0 first."""
         topic = check_topic(topic, False)  # TopicError before anything is stored or sent
         msg = _b(msg)
         if qos not in (0, 1, 2):
@@ -266,6 +279,67 @@ class Session:
         if self.connected and self.inflight < self._win():
             self._send_slot(i, now)
         return pid
+
+    def publish0(self, topic, msg, retain, now):
+        """publish() at QoS 0 the short way, when nothing else is queued: True when the
+        PUBLISH is queued, False when it was not (call publish()).  The same bytes: the
+        topic's length and bytes stay laid at tx[5:] from one call to the next (until
+        another packet is queued), so a topic object used again (bytes or str: immutable)
+        is neither checked nor copied again; the payload goes after it and the fixed header
+        right before it, ending at tx[5] (txoff 3, or 2 for a remaining length over 127),
+        where it also stays for the next message of the same length and retain flag.
+        Small on purpose: MicroPython puts the frame of a function with more than 11 words
+        of arguments, locals and stack on the heap, at every call."""
+        if self.txn:
+            return False
+        if isinstance(msg, str):
+            msg = msg.encode()
+        if topic is not self._t0 or self._t0p + len(msg) != self._t0e or retain is not self._t0r:
+            if not self._lay(topic, msg, retain):
+                return False
+        self.tx[self._t0p : self._t0e] = msg
+        self.txoff = self._t0o
+        self.txn = self._t0e
+        self._last_tx = now
+        if self.trace:
+            self._tr(">", self.tx, self._t0o, self._t0e)
+        return True
+
+    def _lay(self, topic, msg, retain):
+        """publish0's layout for this topic, payload length and retain flag: check the topic
+        (TopicError, as publish) and lay its length and bytes at tx[5:] unless it is laid
+        already, then the fixed header before it.  False when publish0 cannot take it (a
+        mutable topic, no room in tx, a remaining length over 16383)."""
+        tx = self.tx
+        if topic is not self._t0:
+            if not isinstance(topic, (bytes, str)):
+                return False
+            t = check_topic(topic, False)
+            n = len(t)
+            if n + 7 > len(tx):
+                return False
+            self._t0e = -1  # nothing valid for the new topic yet
+            tx[5] = n >> 8
+            tx[6] = n & 0xFF
+            tx[7 : 7 + n] = t
+            self._t0 = topic
+            self._t0p = 7 + n
+        end = self._t0p + len(msg)
+        rem = end - 5
+        if end > len(tx) or rem > 16383:
+            return False
+        if rem < 128:
+            n = 3
+            tx[4] = rem
+        else:
+            n = 2
+            tx[3] = rem & 0x7F | 0x80
+            tx[4] = rem >> 7
+        tx[n] = 0x31 if retain else 0x30
+        self._t0o = n
+        self._t0e = end
+        self._t0r = retain
+        return True
 
     def _win(self):
         # While a poison candidate is under test it goes out alone (see link_ended):
