@@ -42,10 +42,11 @@ MPY32_SETUP := $(if $(filter amd64,$(HOST_ARCH)),micropython32)
 
 # The 32-bit port with lib/mqtt and the firmware modules frozen (manifest32frozen.py, which
 # includes manifest_firmware.py), as a production ESP32 image carries them: `make size`'s
-# "32-bit, frozen" heap column. Its cache key hashes the frozen sources too (every lib/mqtt
-# module; firmware/*.py but what manifest_firmware.py leaves out), so editing them rebuilds:
-# about 70 s on 2 cores, which is why neither `make setup` nor `make test` builds it. Each
-# build leaves a binary of about 0.5 MB in the cache: the 4 newest are kept.
+# "32-bit port, frozen" heap column. Its cache key hashes the frozen sources too (every
+# lib/mqtt module; firmware/*.py but what manifest_firmware.py leaves out), so editing them
+# rebuilds: about 30 s on 2 idle cores (more when they are busy), which is why neither `make
+# setup` nor `make test` builds it. Each build leaves a binary of about 0.5 MB in the cache:
+# the 4 newest are kept.
 MPY32F_FROZEN := manifest.py manifest_firmware.py $(sort $(shell find lib/mqtt -name '*.py')) \
 	$(filter-out firmware/main.py firmware/boot.py firmware/hostboard.py firmware/hostsim.py, \
 		$(sort $(wildcard firmware/*.py)))
@@ -125,10 +126,11 @@ $(MPY32F_CACHED): | apt
 	tools/setup/build_micropython.sh "$(MPY32F_PREFIX)" "$(MPY_VERSION)" "$(CACHE_DIR)" 32-frozen
 	@ls -1dt "$(CACHE_DIR)"/micropython32-frozen-* | tail -n +5 | xargs -r rm -rf
 
-# `make size` (mk/deploy.mk) also reports heap figures, measured on the unix ports (about two
-# minutes; SIZE_HEAP=0 skips them): tools/size.py reads SIZE_HEAP from its environment. Only
-# here is the frozen 32-bit port built (or rebuilt, after the library or firmware changed).
-size: micropython $(MPY32_SETUP) $(MPY32F_SIZE)
+# `make size` (mk/deploy.mk) also reports heap figures, measured on the unix ports (about 70 s;
+# SIZE_HEAP=0 skips them): tools/size.py reads SIZE_HEAP from its environment. Only here
+# (unless SIZE_HEAP=0) is the frozen 32-bit port built, or rebuilt after lib/ or firmware/
+# changed.
+size: micropython $(MPY32_SETUP) $(if $(filter 0,$(SIZE_HEAP)),,$(MPY32F_SIZE))
 size: export SIZE_HEAP ?= 1
 
 umqtt: $(UMQTT_FILES) ## micropython-lib umqtt.simple 1.3.4 (sha256-checked) in build/umqtt

@@ -19,7 +19,7 @@ ones that count; the 64-bit port's are shown beside them. Both load lib/mqtt and
 .mpy files, as `make deploy` installs them. A third column comes from the 32-bit port with
 the library and the firmware frozen into it (build/bin/micropython32-frozen, `make
 micropython32-frozen`; `make size` builds it, or rebuilds it when they changed), as a
-production image carries them. About two minutes (tools/bench.py does the measuring).
+production image carries them. About 70 s (tools/bench.py does the measuring).
 """
 import argparse
 import os
