@@ -2,7 +2,9 @@
 # Every step is cached: a second `make setup` only checks and takes seconds.
 #
 # Recipes see MICROPYTHON (build/bin/micropython, a symlink into the cache), MICROPYTHON32
-# (build/bin/micropython32, the 32-bit port for memory figures) and UMQTT_DIR.
+# (build/bin/micropython32, the 32-bit port for memory figures), MICROPYTHON32_FROZEN
+# (build/bin/micropython32-frozen, the same with the library and firmware frozen; built only by
+# `make size` and `make micropython32-frozen`) and UMQTT_DIR.
 # Heavy artefacts live outside the repo in CACHE_DIR (override: make CACHE_DIR=...).
 
 SHELL := /bin/bash
@@ -38,6 +40,22 @@ MPY32_CACHED := $(MPY32_PREFIX)/bin/micropython
 HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null)
 MPY32_SETUP := $(if $(filter amd64,$(HOST_ARCH)),micropython32)
 
+# The 32-bit port with lib/mqtt and the firmware modules frozen (manifest32frozen.py, which
+# includes manifest_firmware.py), as a production ESP32 image carries them: `make size`'s
+# "32-bit port, frozen" heap column. Its cache key hashes the frozen sources too (every
+# lib/mqtt module; firmware/*.py but what manifest_firmware.py leaves out), so editing them
+# rebuilds: about 30 s on 2 idle cores (more when they are busy), which is why neither `make
+# setup` nor `make test` builds it. Each build leaves a binary of about 0.5 MB in the cache:
+# the 4 newest are kept.
+MPY32F_FROZEN := manifest.py manifest_firmware.py $(sort $(shell find lib/mqtt -name '*.py')) \
+	$(filter-out firmware/main.py firmware/boot.py firmware/hostboard.py firmware/hostsim.py, \
+		$(sort $(wildcard firmware/*.py)))
+MPY32F_INPUTS := $(MPY32_INPUTS) tools/setup/micropython/manifest32frozen.py $(MPY32F_FROZEN)
+MPY32F_HASH := $(shell sha256sum $(MPY32F_INPUTS) | sha256sum | cut -c1-10)
+MPY32F_PREFIX := $(CACHE_DIR)/micropython32-frozen-$(MPY_VERSION)-$(CODENAME)-$(MPY32F_HASH)
+MPY32F_CACHED := $(MPY32F_PREFIX)/bin/micropython
+MPY32F_SIZE := $(if $(filter amd64,$(HOST_ARCH)),micropython32-frozen)
+
 # The venv stamp is named after requirements.txt's content: it reinstalls when that changes.
 REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-12)
 VENV_STAMP := $(VENV)/.requirements-$(REQ_HASH).stamp
@@ -46,14 +64,15 @@ UMQTT_FILES := build/umqtt/umqtt/simple.py build/umqtt/ussl.py
 
 export MICROPYTHON := $(CURDIR)/build/bin/micropython
 export MICROPYTHON32 := $(CURDIR)/build/bin/micropython32
+export MICROPYTHON32_FROZEN := $(CURDIR)/build/bin/micropython32-frozen
 export UMQTT_DIR := $(CURDIR)/build/umqtt
 
-.PHONY: help setup apt venv micropython micropython32 umqtt mpy mip install test run demo clean distclean
+.PHONY: help setup apt venv micropython micropython32 micropython32-frozen umqtt mpy mip install test run demo clean distclean
 
 help: ## List the targets
 	@echo "usage: make TARGET   (cache: $(CACHE_DIR))"
 	@grep -hE '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | \
-		awk -F':.*## ' '{ printf "  %-14s %s\n", $$1, $$2 }'
+		awk -F':.*## ' '{ printf "  %-20s %s\n", $$1, $$2 }'
 
 setup: apt venv micropython $(MPY32_SETUP) umqtt ## Everything below: apt + venv + micropython(32) + umqtt
 
@@ -94,9 +113,24 @@ $(MPY32_CACHED): | apt
 	@[ "$(HOST_ARCH)" = amd64 ] || { echo "the 32-bit port is built with gcc -m32: needs an amd64 host, not '$(HOST_ARCH)'" >&2; exit 1; }
 	tools/setup/build_micropython.sh "$(MPY32_PREFIX)" "$(MPY_VERSION)" "$(CACHE_DIR)" 32
 
-# `make size` (mk/deploy.mk) also reports heap figures, measured on both unix ports (about a
-# minute; SIZE_HEAP=0 skips them): tools/size.py reads SIZE_HEAP from its environment.
-size: micropython $(MPY32_SETUP)
+micropython32-frozen: $(MPY32F_CACHED) ## 32-bit port with lib/mqtt + firmware frozen, for `make size` (cached per source hash), linked at build/bin/micropython32-frozen
+	@mkdir -p build/bin
+	@if [ "$$(readlink build/bin/micropython32-frozen)" != "$(MPY32F_CACHED)" ]; then \
+		ln -sfn "$(MPY32F_CACHED)" build/bin/micropython32-frozen; \
+		echo "build/bin/micropython32-frozen -> $(MPY32F_CACHED)"; \
+	fi
+
+$(MPY32F_CACHED): | apt
+	@[ -n "$(CODENAME)" ] || { echo "no VERSION_CODENAME in /etc/os-release" >&2; exit 1; }
+	@[ "$(HOST_ARCH)" = amd64 ] || { echo "the 32-bit port is built with gcc -m32: needs an amd64 host, not '$(HOST_ARCH)'" >&2; exit 1; }
+	tools/setup/build_micropython.sh "$(MPY32F_PREFIX)" "$(MPY_VERSION)" "$(CACHE_DIR)" 32-frozen
+	@ls -1dt "$(CACHE_DIR)"/micropython32-frozen-* | tail -n +5 | xargs -r rm -rf
+
+# `make size` (mk/deploy.mk) also reports heap figures, measured on the unix ports (about 70 s;
+# SIZE_HEAP=0 skips them): tools/size.py reads SIZE_HEAP from its environment. Only here
+# (unless SIZE_HEAP=0) is the frozen 32-bit port built, or rebuilt after lib/ or firmware/
+# changed.
+size: micropython $(MPY32_SETUP) $(if $(filter 0,$(SIZE_HEAP)),,$(MPY32F_SIZE))
 size: export SIZE_HEAP ?= 1
 
 umqtt: $(UMQTT_FILES) ## micropython-lib umqtt.simple 1.3.4 (sha256-checked) in build/umqtt

@@ -880,6 +880,18 @@ def test_frozen_manifest_lists_every_library_module():
     assert meta["version"] == _version() == _package()["version"]
 
 
+def _firmware_modules():
+    """What a frozen production image carries of firmware/: every module `make deploy` puts on
+    an ESP32 but boot.py and main.py (run by name from the file system)."""
+    return sorted(p.name for p in (ROOT / "firmware").glob("*.py")
+                  if p.name not in deploy.KEEP_SOURCE + deploy.HOST_ONLY)
+
+
+def test_firmware_manifest_freezes_the_library_and_the_deployed_firmware_modules():
+    frozen, _ = _run_manifest(ROOT / "manifest_firmware.py")
+    assert frozen == sorted(["mqtt/" + n for n in lib_modules()] + _firmware_modules())
+
+
 def _micropython_source_tarball():
     cache = os.environ.get("CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ringmqtt")
@@ -907,6 +919,12 @@ def test_frozen_manifest_with_micropythons_own_manifest_processor(tmp_path):
     assert frozen == ["mqtt/" + n for n in lib_modules()]
     assert all(out.kind == manifestfile.KIND_FREEZE_AS_MPY for out in manifest.files())
     assert manifest.metadata().version == _version()
+    # and manifest_firmware.py, which includes it (the frozen 32-bit port freezes this one)
+    manifest = manifestfile.ManifestFile(manifestfile.MODE_FREEZE, dict.fromkeys(
+        ("MPY_DIR", "MPY_LIB_DIR", "PORT_DIR", "BOARD_DIR"), str(tmp_path)))
+    manifest.execute(str(ROOT / "manifest_firmware.py"))
+    assert sorted(out.target_path for out in manifest.files()) == sorted(
+        ["mqtt/" + n for n in lib_modules()] + _firmware_modules())
 
 
 # ---- size ------------------------------------------------------------------------------------

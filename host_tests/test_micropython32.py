@@ -159,3 +159,66 @@ print("PENDING", c.in_flight())   # reopened: the ring has nothing left to send
     assert "PENDING 0" in out
     got = peer.wait_for(40)
     assert [m for _, m, _, _ in got] == [b"r%d" % i for i in range(40)]
+
+
+# ---- the 32-bit port with the library and the firmware frozen --------------------------------
+
+MICROPYTHON32_FROZEN = Path(os.environ.get("MICROPYTHON32_FROZEN")
+                            or ROOT / "build" / "bin" / "micropython32-frozen")
+
+
+def _frozen_port_problem():
+    """None when the frozen port is there and froze what lib/ and firmware/ hold now (it is built
+    by `make size` / `make micropython32-frozen`, never by `make test`)."""
+    if not MICROPYTHON32_FROZEN.exists():
+        return "no frozen 32-bit port (make micropython32-frozen)"
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bench
+
+    return bench.frozen_port_problem()
+
+
+def test_frozen_port_imports_the_frozen_library_and_round_trips(broker, peer_factory, tmp_path):
+    """With MICROPYPATH just .frozen, mqtt and the firmware modules come from the image (a frozen
+    module's __file__ is its name there, not a path), the library's heap after import is within
+    the issue's 16 KB, and a QoS 1 round trip through Mosquitto works."""
+    problem = _frozen_port_problem()
+    if problem:
+        pytest.skip(problem)
+    peer = peer_factory(broker)
+    peer.subscribe("m32f/out", 1)
+    code = """
+import gc, sys
+gc.collect()
+base = gc.mem_alloc()
+from mqtt import MQTTClient
+gc.collect()
+print("HEAP", gc.mem_alloc() - base)
+import mqtt, mqtt.client, mqtt.session, config, sensors
+for m in (mqtt, mqtt.client, mqtt.session, config, sensors):
+    print("FILE", m.__file__)
+print("PATH", sys.path)
+got = []
+c = MQTTClient("m32f-e2e", "127.0.0.1", int(sys.argv[1]), keepalive=30)
+c.set_callback(lambda t, m: got.append((t, m)))
+c.connect()
+c.subscribe("m32f/loop", 1)
+c.publish("m32f/loop", "back", qos=1)
+c.publish("m32f/out", "out", qos=1)
+assert c.flush(5000)
+while not got:
+    c.wait_msg()
+print("GOT", got[0][0].decode(), got[0][1].decode())
+c.disconnect()
+"""
+    r = subprocess.run([str(MICROPYTHON32_FROZEN), "-X", "heapsize=" + HEAP, "-c", code,
+                        str(broker.port)], cwd=tmp_path, capture_output=True, timeout=30,
+                       env=dict(os.environ, MICROPYPATH=".frozen"))
+    out = ok(r).splitlines()
+    assert [line.split(None, 1)[1] for line in out if line.startswith("FILE")] == [
+        "mqtt/__init__.py", "mqtt/client.py", "mqtt/session.py", "config.py", "sensors.py"]
+    assert next(line for line in out if line.startswith("PATH")) == "PATH ['', '.frozen']"
+    heap = int(next(line for line in out if line.startswith("HEAP")).split()[1])
+    assert 0 < heap <= 16384
+    assert "GOT m32f/loop back" in out
+    assert [m for _, m, _, _ in peer.wait_for(1)] == [b"out"]

@@ -5,7 +5,7 @@
 #   make partitions BOARD=<name>
 #   make flash  BOARD=<name> PORT=<serial> FIRMWARE=<micropython .bin> [DRY_RUN=1]
 #   make deploy BOARD=<name> PORT=<serial> [DRY_RUN=1]
-#   make size   [MAX_TOTAL=<bytes>]
+#   make size   [MAX_TOTAL=<bytes>] [SIZE_HEAP=0]
 #
 # BOARD names boards/<name>.json. DRY_RUN=1 checks everything and prints the plan and the exact
 # commands without touching a device. PARTITIONS_ARGS / FLASH_ARGS / DEPLOY_ARGS / SIZE_ARGS pass
@@ -39,6 +39,6 @@ flash: venv ## Flash MicroPython (+ the board's partition table): BOARD=name POR
 deploy: venv ## Copy lib/, firmware/ (.mpy) and the board config: BOARD=name PORT=/dev/ttyUSB0 [DRY_RUN=1]
 	$(strip $(VENV)/bin/python tools/deploy.py $(DEVICE_BOARD_PORT) $(DEVICE_DRY_RUN) $(DEPLOY_ARGS))
 
-size: venv ## .mpy bytes of each library module for the ESP32, and the total [MAX_TOTAL=bytes]
+size: venv ## .mpy bytes of each library module for the ESP32 and the total; heap on the unix ports, .mpy and frozen [MAX_TOTAL=bytes]
 	$(strip $(VENV)/bin/python tools/size.py --arch xtensawin \
 		$(if $(MAX_TOTAL),--max-total $(MAX_TOTAL)) $(SIZE_ARGS))

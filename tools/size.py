@@ -15,8 +15,11 @@ the library and the firmware on the MicroPython unix ports against a Mosquitto o
 heap after import (without and with the flash ring), with 16 QoS 1 messages in flight, and the
 smallest heap the firmware works in with each ESP32 board file. The 32-bit port
 (build/bin/micropython32, `make micropython32`) has an ESP32's word size: its figures are the
-ones that count; the 64-bit port's are shown beside them. About a minute (tools/bench.py does
-the measuring).
+ones that count; the 64-bit port's are shown beside them. Both load lib/mqtt and firmware/ as
+.mpy files, as `make deploy` installs them. A third column comes from the 32-bit port with
+the library and the firmware frozen into it (build/bin/micropython32-frozen, `make
+micropython32-frozen`; `make size` builds it, or rebuilds it when they changed), as a
+production image carries them. About 70 s (tools/bench.py does the measuring).
 """
 import argparse
 import os
@@ -117,7 +120,8 @@ def heap_report():
             return 1
     if not shutil.which("mosquitto"):
         return fail("size", "the heap figures need mosquitto (make setup)")
-    print("\nheap (MicroPython unix ports, lib/mqtt and firmware/ as bytecode .mpy)\n")
+    print("\nheap (MicroPython unix ports; lib/mqtt and firmware/ as bytecode .mpy files, or "
+          "frozen into the port)\n")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             broker = bench.Broker(tmp)

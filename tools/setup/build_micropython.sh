@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Build the MicroPython unix port from Debian 13's `micropython` source package, into
 # PREFIX/bin/micropython: the 64-bit port (frozen ssl + asyncio, static mbedTLS), or with
-# BITS=32 a 32-bit one (MICROPY_FORCE_32BIT=1, gcc -m32) for ESP32-like memory figures.
+# BITS=32 a 32-bit one (MICROPY_FORCE_32BIT=1, gcc -m32) for ESP32-like memory figures, or with
+# BITS=32-frozen that 32-bit port with the library and the firmware frozen into it.
 #
 #   usage: tools/setup/build_micropython.sh PREFIX VERSION CACHE_DIR [BITS]
 #
-# PREFIX   final install directory (normally CACHE_DIR/micropython[32]-VERSION-CODENAME-HASH);
-#          built in a temporary directory and renamed into place only when complete, so an
-#          interrupted build never leaves a PREFIX that looks finished.
+# PREFIX   final install directory (normally CACHE_DIR/micropython[32[-frozen]]-VERSION-
+#          CODENAME-HASH); built in a temporary directory and renamed into place only when
+#          complete, so an interrupted build never leaves a PREFIX that looks finished.
 # VERSION  expected upstream version of the source package (e.g. 1.25.0).
 # CACHE_DIR holds the private apt state (CACHE_DIR/apt-SUITE) and the downloaded source
 #          package (CACHE_DIR/src), so a rebuild does not download again.
-# BITS     64 (default) or 32. The 32-bit port has no ssl/tls, cryptolib, nor hashlib's md5
-#          and sha1: the "+ds" source has no mbedTLS to build, and Debian's i386 one would need
-#          a foreign dpkg architecture. Like the 64-bit port: no ffi, btree or jni. It needs
-#          gcc-multilib (amd64 host). Frozen: asyncio only (micropython/manifest32.py).
+# BITS     64 (default), 32 or 32-frozen. The 32-bit port has no ssl/tls, cryptolib, nor
+#          hashlib's md5 and sha1: the "+ds" source has no mbedTLS to build, and Debian's i386
+#          one would need a foreign dpkg architecture. Like the 64-bit port: no ffi, btree or
+#          jni. It needs gcc-multilib (amd64 host). Frozen: asyncio only
+#          (micropython/manifest32.py).
+#          32-frozen: the same port, also freezing lib/mqtt and the firmware modules as a
+#          production ESP32 image does (micropython/manifest32frozen.py, which includes the
+#          repository's manifest_firmware.py), for heap figures with the code in flash.
 #
 # The source comes through a private apt configuration; /etc/apt is never touched.
 # Environment: MPY_SOURCE_SUITE (default trixie), MPY_JOBS (default 2).
@@ -28,11 +33,17 @@ prefix=$1
 version=$2
 cache_dir=$3
 bits=${4:-64}
-case "$bits" in 32|64) ;; *) echo "build_micropython: BITS must be 32 or 64, not '$bits'" >&2; exit 2;; esac
+case "$bits" in
+    32|64) variant=$bits ;;
+    32-frozen) variant=$bits; bits=32 ;;
+    *) echo "build_micropython: BITS must be 32, 32-frozen or 64, not '$bits'" >&2; exit 2;;
+esac
 suite=${MPY_SOURCE_SUITE:-trixie}
 jobs=${MPY_JOBS:-2}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-if [ "$bits" = 32 ]; then
+if [ "$variant" = 32-frozen ]; then
+    manifest=$here/micropython/manifest32frozen.py
+elif [ "$bits" = 32 ]; then
     manifest=$here/micropython/manifest32.py
 else
     manifest=$here/micropython/manifest.py
@@ -117,6 +128,33 @@ trap 'rm -rf "$work"' EXIT
 dpkg-source -q -x "$dsc" "$work/src" >/dev/null
 top=$work/src
 
+if [ "$variant" = 32-frozen ]; then
+    # What this binary freezes from the repository, with sha256s, taken before the build (an
+    # edit during it then shows as a difference): PREFIX/FROZEN_SOURCES, "sha256  path" lines
+    # (paths relative to the repository, the manifests included). tools/bench.py compares it
+    # with the tree to refuse a binary that no longer holds what lib/ and firmware/ hold.
+    python3 - "$top" "$manifest" "$(cd "$here/../.." && pwd)" >"$work/FROZEN_SOURCES" <<'PY' \
+        || die "could not list the frozen sources (MicroPython's tools/manifestfile.py)"
+import hashlib, os, sys
+top, manifest, repo = sys.argv[1:]
+repo = os.path.realpath(repo)
+sys.path.insert(0, os.path.join(top, "tools"))
+import manifestfile
+mf = manifestfile.ManifestFile(manifestfile.MODE_FREEZE, {
+    "MPY_DIR": top, "MPY_LIB_DIR": os.path.join(top, "lib", "micropython-lib"),
+    "PORT_DIR": os.path.join(top, "ports", "unix"),
+    "BOARD_DIR": os.path.join(top, "ports", "unix", "variants", "standard")})
+mf.execute(manifest)
+paths = {f.full_path for f in mf.files()}
+paths |= {os.path.join(repo, "manifest.py"), os.path.join(repo, "manifest_firmware.py")}
+for path in sorted(paths):
+    rel = os.path.relpath(os.path.realpath(path), repo)
+    if not rel.startswith(".."):
+        with open(path, "rb") as f:
+            print("%s  %s" % (hashlib.sha256(f.read()).hexdigest(), rel))
+PY
+fi
+
 # mpy-cross first, in its own make: a command-line FROZEN_MANIFEST would otherwise leak into
 # it (undefined reference to mp_qstr_frozen_const_pool).
 log "building mpy-cross"
@@ -141,7 +179,7 @@ else
         LDFLAGS_EXTMOD="-l:libmbedtls.a -l:libmbedx509.a -l:libmbedcrypto.a"
     )
 fi
-log "building ports/unix, $bits-bit (make -j$jobs)"
+log "building ports/unix, $variant (make -j$jobs)"
 make -C "$top/ports/unix" -j"$jobs" "${port_args[@]}" FROZEN_MANIFEST="$manifest" \
     >"$work/unix.log" 2>&1 || { tail -n 40 "$work/unix.log" >&2; die "ports/unix build failed"; }
 
@@ -152,7 +190,16 @@ binary=$top/ports/unix/build-standard/micropython
 if [ "$bits" = 32 ]; then
     "$binary" -c "import sys, asyncio, socket, select, json, hashlib; assert sys.maxsize == 2**31 - 1, sys.maxsize" \
         || die "built binary fails the import / 32-bit check"
-else
+fi
+if [ "$variant" = 32-frozen ]; then
+    # Only .frozen on the path, from an empty directory: the frozen modules must be the ones
+    # imported (a frozen module's __file__ is its name in the image, e.g. mqtt/client.py).
+    (cd "$work" && MICROPYPATH=.frozen "$binary" -c "
+import mqtt, mqtt.client, mqtt.ring, config, sensors, validate
+for m in (mqtt, mqtt.client, mqtt.ring, config, sensors, validate):
+    assert not m.__file__.startswith('/') and m.__file__.endswith('.py'), m.__file__
+") || die "built binary does not import lib/mqtt and the firmware from .frozen"
+elif [ "$bits" = 64 ]; then
     if ldd "$binary" | grep -i mbed >&2; then
         die "binary links mbedTLS dynamically"
     fi
@@ -164,6 +211,9 @@ fi
 stage=$work/prefix
 mkdir -p "$stage/bin"
 cp "$binary" "$stage/bin/micropython"
+if [ "$variant" = 32-frozen ]; then
+    cp "$work/FROZEN_SOURCES" "$stage/FROZEN_SOURCES"
+fi
 {
     echo "micropython $("$binary" -c 'import sys; print(sys.version)')"
     echo "source: $(basename "$dsc") (Debian $suite)"
@@ -172,6 +222,9 @@ cp "$binary" "$stage/bin/micropython"
         echo "32-bit (MICROPY_FORCE_32BIT=1): sys.maxsize $("$binary" -c 'import sys; print(sys.maxsize)'); no ssl/tls, no ffi"
     else
         echo "mbedTLS: $("$binary" -c 'import tls; print(tls.MBEDTLS_VERSION)')"
+    fi
+    if [ "$variant" = 32-frozen ]; then
+        echo "frozen: asyncio, lib/mqtt and the firmware modules ($(cd "$work" && MICROPYPATH=.frozen "$binary" -c 'import mqtt; print(mqtt.__version__)'), manifest_firmware.py)"
     fi
 } > "$stage/BUILDINFO"
 mkdir -p "$(dirname "$prefix")"
