@@ -7,7 +7,9 @@ leaves unverified).
 - deploy: the plan, the .mpy compatibility rule, and the hash-based sync against a folder that
   stands in for the device; the device-side scripts run on the MicroPython unix port, and a whole
   deploy runs through the real mpremote CLI against a fake board (raw REPL on a pseudo-terminal,
-  code executed by the unix port).
+  code executed by the unix port). Deploy to a frozen image (--frozen): the folder's "image" is
+  named by --device-frozen, the fake board's is the unix port's own help('modules') (optionally
+  with names added) or that of the 32-bit port with manifest_firmware.py frozen, when built.
 - packaging: package.json installs with mpremote's mip and imports; manifest.py freezes every
   library module; the .mpy deploy produces imports on the unix port.
 - size: every module is reported.
@@ -462,6 +464,144 @@ def test_deploy_removes_only_its_own_stale_files_and_shadowing_sources(boards, s
     assert (device / "data" / "mqtt.ring").read_bytes() == b"\xff" * 4096
 
 
+# ---- deploy to a board with the library and the firmware frozen (--frozen) ------------------
+# The folder device's image "has" the modules named by --device-frozen (default: all it needs);
+# on the unix port and through mpremote the probe's help('modules') is read (further below).
+
+FIRMWARE_MODULES = ["app", "sensors/__init__", "sensors/bme"]  # src_root's firmware, compiled
+
+
+def frozen_names():
+    return sorted(["mqtt/" + n[:-3] for n in lib_modules()] + FIRMWARE_MODULES)
+
+
+def _tree(device):
+    """Every file and directory under the folder device: {relative path: bytes or None}."""
+    return {p.relative_to(device).as_posix(): p.read_bytes() if p.is_file() else None
+            for p in sorted(device.rglob("*"))}
+
+
+def _removed(out):
+    return re.findall(r"^  remove +(\S+)", out, re.M)
+
+
+def test_frozen_deploy_copies_only_what_the_image_does_not_hold(boards, tmp_path, capsys):
+    board = dict(BOARDS["devkit"], mqtt={"host": "h", "tls": {"ca": "/certs/ca.pem",
+                                                              "cert": "/certs/me.crt",
+                                                              "key": "/certs/me.key"}})
+    (boards / "devkit.json").write_text(json.dumps(board))
+    (boards / "certs").mkdir()
+    for name in ("ca.pem", "me.crt", "me.key"):
+        (boards / "certs" / name).write_text("PEM " + name)
+    device = tmp_path / "device"
+    status, out, err = deploy_to_folder(boards, device, capsys, "--frozen")
+    assert status == 0, err
+    assert "frozen: %d modules come from the board's image, not copied" % len(frozen_names()) in out
+    assert "image: all %d modules frozen in it" % len(frozen_names()) in out
+    files = ["board.json", "boot.py", "main.py", "certs/ca.pem", "certs/me.crt", "certs/me.key"]
+    assert sorted(_copied(out)) == sorted("/" + f for f in files)
+    assert sorted(p for p, data in _tree(device).items() if data is not None) == sorted(
+        files + [".deploy.json"])
+    assert sorted(json.loads((device / ".deploy.json").read_text())["files"]) == sorted(
+        "/" + f for f in files)
+    assert not list((tmp_path / "build").rglob("*.mpy"))  # the frozen modules are not compiled
+    status, out, err = deploy_to_folder(boards, device, capsys, "--frozen")
+    assert status == 0 and _copied(out) == [] and _removed(out) == []
+
+
+def test_frozen_deploy_to_the_unix_port_keeps_the_host_board_layer(boards, src_root, tmp_path,
+                                                                   capsys):
+    """manifest_firmware.py does not freeze hostboard.py and hostsim.py: on the unix port (the
+    frozen 32-bit port) they are still deployed, as .mpy."""
+    for name in ("hostboard.py", "hostsim.py"):
+        (src_root / "firmware" / name).write_text("X = 1\n")
+    device = tmp_path / "hd"
+    status, out, err = run(deploy, ["--board", "host", "--boards-dir", boards, "--device-dir",
+                                    device, "--build-dir", tmp_path / "hb", "--frozen"], capsys)
+    assert status == 0, err
+    assert sorted(_copied(out)) == ["/board.json", "/boot.py", "/hostboard.mpy", "/hostsim.mpy",
+                                    "/main.py"]
+    assert "frozen: %d modules" % len(frozen_names()) in out
+
+
+def test_frozen_deploy_removes_the_copies_that_would_shadow_the_image(boards, tmp_path, capsys):
+    """What a plain deploy left (firmware .mpy in /, before .frozen in sys.path; lib/mqtt .mpy in
+    /lib, after it) and source copies of frozen modules go, one line each, with the directories
+    they leave empty but /lib; the rest of the file system stays."""
+    device = tmp_path / "device"
+    status, out, err = deploy_to_folder(boards, device, capsys)
+    assert status == 0, err
+    plain = _tree(device)
+    (device / "app.py").write_text("# copied by hand\n")
+    (device / "lib" / "mqtt" / "codec.py").write_text("# mip install of the sources\n")
+    (device / "lib" / "other.mpy").write_bytes(b"M\x06\x00\x1f not ours")
+    (device / "data").mkdir()
+    (device / "data" / "mqtt.ring").write_bytes(b"\xff" * 4096)
+
+    status, out, err = deploy_to_folder(boards, device, capsys, "--frozen")
+    assert status == 0, err
+    stale = sorted(["/app.mpy", "/app.py", "/sensors/__init__.mpy", "/sensors/bme.mpy",
+                    "/lib/mqtt/codec.py"] + ["/lib/mqtt/%s.mpy" % n[:-3] for n in lib_modules()])
+    assert _removed(out) == stale + ["/lib/mqtt/", "/sensors/"]
+    assert "%d to remove" % len(stale) in out and "%d removed" % len(stale) in out
+    assert _copied(out) == []  # boot.py, main.py and board.json are already there
+    assert sorted(_tree(device)) == [".deploy.json", "board.json", "boot.py", "data",
+                                     "data/mqtt.ring", "lib", "lib/other.mpy", "main.py"]
+    assert sorted(json.loads((device / ".deploy.json").read_text())["files"]) == [
+        "/board.json", "/boot.py", "/main.py"]
+    status, out, err = deploy_to_folder(boards, device, capsys, "--frozen")
+    assert status == 0 and _removed(out) == [] and "0 removed" in out
+
+    # A plain deploy is what it was: it puts everything back as .mpy and removes nothing.
+    status, out, err = deploy_to_folder(boards, device, capsys)
+    assert status == 0 and _removed(out) == [] and "frozen:" not in out and "image:" not in out
+    tree = _tree(device)
+    assert {p: d for p, d in tree.items() if p in plain} == plain
+    assert sorted(set(tree) - set(plain)) == ["data", "data/mqtt.ring", "lib/other.mpy"]
+
+
+@pytest.mark.parametrize("listed,missing", [
+    ("", "lacks %d of the %d modules" % (len(frozen_names()), len(frozen_names()))),
+    ("mqtt/client,sensors/bme,app", "lacks %d of the %d modules" % (len(frozen_names()) - 3,
+                                                                    len(frozen_names()))),
+    (",".join(n for n in frozen_names() if n != "sensors/bme"),
+     "lacks 1 of the %d modules that must be frozen in it (sensors/bme)" % len(frozen_names())),
+])
+def test_frozen_deploy_refuses_an_image_without_the_frozen_modules(listed, missing, boards,
+                                                                   tmp_path, capsys):
+    device = tmp_path / "device"
+    status, out, err = deploy_to_folder(boards, device, capsys)
+    assert status == 0, err
+    before = _tree(device)
+    status, out, err = deploy_to_folder(boards, device, capsys, "--frozen", "--device-frozen",
+                                        listed)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert missing in err and "manifest_firmware.py" in err and "FROZEN=1" in err
+    assert _tree(device) == before  # refused before anything was written or removed
+
+
+def test_frozen_deploy_dry_run_lists_the_image_and_compiles_nothing(boards, tmp_path, capsys):
+    build = tmp_path / "build"
+    argv = ["--board", "devkit", "--port", "/dev/ttyUSB0", "--dry-run", "--boards-dir", boards,
+            "--build-dir", build]
+    status, out, err = run(deploy, argv + ["--frozen"], capsys)
+    assert status == 0, err
+    assert sorted(_copied_in_plan(out)) == ["/board.json", "/boot.py", "/main.py"]
+    assert 'help("modules")' in out and "image: not checked (dry run)" in out
+    assert re.findall(r"fs cp -f \S+ :(\S+)", out) == [
+        "/boot.py", "/main.py", "/board.json", "/.deploy.json"]
+    assert not list(build.rglob("*.mpy")) and "dry run: nothing was written" in out
+    # without --frozen: not a word of it
+    status, out, err = run(deploy, argv, capsys)
+    assert status == 0 and "help(" not in out and "frozen:" not in out and "image:" not in out
+    status, out, err = deploy_to_folder(boards, tmp_path / "d", capsys, "--device-frozen", "app")
+    assert status == 2 and "--device-frozen goes with --device-dir and --frozen" in err
+
+
+def _copied_in_plan(out):
+    return re.findall(r"^  copy +[\d,]+ +(\S+)", out, re.M)
+
+
 @needs_micropython
 def test_deployed_mpy_imports_on_the_unix_port(boards, tmp_path, capsys):
     device = tmp_path / "device"
@@ -500,6 +640,30 @@ def test_device_scripts_run_on_micropython_like_the_folder_device(boards, src_ro
     assert (device / "a" / "b").is_dir() and not (device / "lib" / "mqtt" / "codec.py").exists()
 
 
+@needs_micropython
+def test_frozen_probe_and_removal_scripts_run_on_micropython(boards, src_root, tmp_path, capsys):
+    """The frozen probe's help('modules') as the unix port prints it (its image freezes asyncio)
+    reads back as names; the removal script removes directories only once they are empty."""
+    device = tmp_path / "device"
+    deploy_to_folder(boards, device, capsys)
+    paths = ["/app.mpy", "/app.py", "/main.py"]
+    out = micropython(deploy.probe_script(str(device), paths, frozen=True), tmp_path)
+    assert out.returncode == 0, out.stderr
+    probe = deploy.parse_probe(out.stdout, frozen=True)
+    assert {"asyncio/__init__", "asyncio/core", "json", "sys"} <= set(probe["frozen"])
+    assert "Plus" not in probe["frozen"] and deploy.PROBE_MARK.strip() not in probe["frozen"]
+    assert probe["files"] == deploy.FolderDevice(device, 0).probe(paths, frozen=True)["files"]
+    plain = micropython(deploy.probe_script(str(device), paths), tmp_path)
+    assert "frozen" not in deploy.parse_probe(plain.stdout) and "asyncio" not in plain.stdout
+
+    (device / "sensors" / "keep.txt").write_text("not ours")
+    files = ["/lib/mqtt/%s.mpy" % n[:-3] for n in lib_modules()] + ["/sensors/bme.mpy",
+                                                                    "/sensors/__init__.mpy"]
+    micropython(deploy.remove_script(str(device), files, ["/lib/mqtt", "/sensors"]), tmp_path)
+    assert not (device / "lib" / "mqtt").exists() and (device / "lib").is_dir()
+    assert sorted(p.name for p in (device / "sensors").iterdir()) == ["keep.txt"]
+
+
 # ---- deploy through the real mpremote CLI, against a fake board ------------------------------
 
 DRIVER = r"""
@@ -531,13 +695,16 @@ class FakeBoard:
     """A MicroPython board on a pseudo-terminal (a serial port to mpremote): it speaks the raw
     REPL and raw-paste protocols, and runs the code on the unix port in one interpreter whose
     globals live on between commands, as a board's do. It reports `pretend_mpy` as its
-    sys.implementation._mpy to deploy's probe, to pass for an ESP32."""
+    sys.implementation._mpy to deploy's probe, to pass for an ESP32, and, given `pretend_frozen`,
+    those names in its help('modules') too, to pass for an image with them frozen. `micropython`
+    is the unix port it runs (e.g. the one with the library and the firmware frozen)."""
     BANNER = b"raw REPL; CTRL-B to exit\r\n>"
     WINDOW = 256
 
-    def __init__(self, pretend_mpy=None):
-        self.pretend_mpy, self.resets, self.soft_resets = pretend_mpy, 0, 0
-        self.proc = subprocess.Popen([str(MICROPYTHON), "-c", DRIVER], stdin=subprocess.PIPE,
+    def __init__(self, pretend_mpy=None, pretend_frozen=None, micropython=MICROPYTHON):
+        self.pretend_mpy, self.pretend_frozen = pretend_mpy, pretend_frozen
+        self.resets, self.soft_resets = 0, 0
+        self.proc = subprocess.Popen([str(micropython), "-c", DRIVER], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE)
         self.master, self.slave = os.openpty()  # the slave stays open between mpremote runs
         tty.setraw(self.slave)
@@ -571,12 +738,16 @@ class FakeBoard:
                 if c in (b"\x04", b""):
                     break
                 parts[i] += c
-        out = parts[0]
-        if self.pretend_mpy is not None and out.startswith(deploy.PROBE_MARK.encode()):
-            probe = json.loads(out[len(deploy.PROBE_MARK):])
-            probe["mpy"] = self.pretend_mpy
-            out = (deploy.PROBE_MARK + json.dumps(probe) + "\n").encode()
-        return out, parts[1]
+        lines = []
+        for line in parts[0].splitlines(keepends=True):
+            if self.pretend_mpy is not None and line.startswith(deploy.PROBE_MARK.encode()):
+                probe = json.loads(line[len(deploy.PROBE_MARK):])
+                probe["mpy"] = self.pretend_mpy
+                line = (deploy.PROBE_MARK + json.dumps(probe) + "\n").encode()
+            lines.append(line)
+            if self.pretend_frozen and line.strip() == deploy.FROZEN_MARK.encode():
+                lines.append((" ".join(self.pretend_frozen) + "\n").encode())
+        return b"".join(lines), parts[1]
 
     def _byte(self):
         while not self.pending:
@@ -686,6 +857,80 @@ def test_deploy_through_mpremote_refuses_the_wrong_board(boards, emulated, tmp_p
                                         boards, "--build-dir", tmp_path / "build"], capsys)
         assert status == 2 and "runs MicroPython for x64, but board 'devkit' has chip esp32" in err
         assert list(emulated.iterdir()) == [] and board.resets == 0
+    finally:
+        board.close()
+
+
+@needs_micropython
+def test_frozen_deploy_through_mpremote_to_a_fake_board(boards, src_root, emulated, tmp_path,
+                                                        capsys):
+    """Stale copies of frozen modules on the board go, boot.py, main.py and the config come; a
+    board whose help('modules') (the unix port's own: asyncio, ssl...) lacks them is refused."""
+    esp32 = mpy.encode_sys_mpy(6, 3, "xtensawin")
+    for stale in ("app.mpy", "lib/mqtt/codec.mpy", "sensors/bme.mpy", "sensors/__init__.mpy"):
+        (emulated / stale).parent.mkdir(parents=True, exist_ok=True)
+        (emulated / stale).write_bytes(b"M\x06\x00\x1f stale")
+    argv = ["--board", "devkit", "--port", None, "--boards-dir", boards, "--build-dir",
+            tmp_path / "build", "--frozen"]
+    board = FakeBoard(pretend_mpy=esp32)  # MicroPython for an ESP32, but none of ours frozen
+    try:
+        argv[3] = board.port
+        status, out, err = run(deploy, argv, capsys)
+        assert status == 2 and len(err.strip().splitlines()) == 1, out + err
+        assert "lacks %d of the %d modules" % (len(frozen_names()), len(frozen_names())) in err
+        assert board.resets == 0 and (emulated / "app.mpy").exists()
+    finally:
+        board.close()
+    board = FakeBoard(pretend_mpy=esp32, pretend_frozen=frozen_names())
+    try:
+        argv[3] = board.port
+        status, out, err = run(deploy, argv, capsys)
+        assert status == 0, out + err
+        assert sorted(_copied(out)) == ["/board.json", "/boot.py", "/main.py"]
+        assert _removed(out) == ["/app.mpy", "/lib/mqtt/codec.mpy", "/sensors/__init__.mpy",
+                                 "/sensors/bme.mpy", "/lib/mqtt/", "/sensors/"]
+        assert sorted(_tree(emulated)) == [".deploy.json", "board.json", "boot.py", "lib",
+                                           "main.py"]
+        assert board.resets == 1
+        status, out, err = run(deploy, argv, capsys)
+        assert status == 0 and _copied(out) == [] and _removed(out) == [] and board.resets == 2
+    finally:
+        board.close()
+
+
+MICROPYTHON32_FROZEN = Path(os.environ.get("MICROPYTHON32_FROZEN")
+                            or ROOT / "build" / "bin" / "micropython32-frozen")
+
+
+def _frozen_port_problem():
+    if not MICROPYTHON32_FROZEN.exists():
+        return "no frozen 32-bit port (make micropython32-frozen)"
+    import bench  # tools/ is on sys.path
+
+    return bench.frozen_port_problem()
+
+
+@needs_micropython
+def test_frozen_deploy_accepts_the_image_manifest_firmware_py_builds(boards, emulated, tmp_path,
+                                                                     capsys, monkeypatch):
+    """The board is the 32-bit unix port with manifest_firmware.py frozen (make
+    micropython32-frozen): its own help('modules') holds every module --frozen leaves to it."""
+    problem = _frozen_port_problem()
+    if problem:
+        pytest.skip(problem)
+    monkeypatch.setattr(deploy, "ROOT", ROOT)  # the repository's lib/ and firmware/, as frozen
+    board = FakeBoard(pretend_mpy=mpy.encode_sys_mpy(6, 3, "xtensawin"),
+                      micropython=MICROPYTHON32_FROZEN)
+    try:
+        status, out, err = run(deploy, ["--board", "devkit", "--port", board.port, "--frozen",
+                                        "--boards-dir", boards, "--build-dir", tmp_path / "build"],
+                               capsys)
+        assert status == 0, out + err
+        names = [deploy.module_name(r) for r in deploy.frozen_remotes(BOARDS["devkit"])]
+        assert sorted(names) == sorted(["mqtt/" + n[:-3] for n in lib_modules()]
+                                       + [n[:-3] for n in _firmware_modules()])
+        assert "image: all %d modules frozen in it" % len(names) in out
+        assert sorted(_copied(out)) == ["/board.json", "/boot.py", "/main.py"]
     finally:
         board.close()
 
@@ -960,6 +1205,10 @@ def test_make_targets_pass_board_port_firmware_and_dry_run():
         '.venv/bin/python tools/flash.py --board "devkit" --port "/dev/ttyUSB0" '
         '--firmware "fw.bin" --dry-run']
     assert dry("deploy", "BOARD=devkit", "PORT=/dev/ttyUSB0", "DRY_RUN=0") == [
+        '.venv/bin/python tools/deploy.py --board "devkit" --port "/dev/ttyUSB0"']
+    assert dry("deploy", "BOARD=devkit", "PORT=/dev/ttyUSB0", "FROZEN=1") == [
+        '.venv/bin/python tools/deploy.py --board "devkit" --port "/dev/ttyUSB0" --frozen']
+    assert dry("deploy", "BOARD=devkit", "PORT=/dev/ttyUSB0", "FROZEN=0") == [
         '.venv/bin/python tools/deploy.py --board "devkit" --port "/dev/ttyUSB0"']
     assert dry("size", "MAX_TOTAL=30000") == [
         ".venv/bin/python tools/size.py --arch xtensawin --max-total 30000"]
