@@ -60,7 +60,11 @@ if MICROPYTHON:
         stack, and a heap frame per call costs, among a task's garbage, more than the write.)"""
         n = sess.txn - sess.txoff
         if n:
-            sess.written(w.s.write(sess.tx, sess.txoff, n) or 0)
+            k = w.s.write(sess.tx, sess.txoff, n)
+            if k == n:  # the usual case: sess.written(n), inline
+                sess.txoff = sess.txn = 0
+                return False
+            sess.written(k or 0)
         return sess.txn > sess.txoff
 
     async def _wait_out(w, sess):
@@ -120,6 +124,10 @@ else:
         return r, w, w.get_extra_info("socket")  # TCP_NODELAY: asyncio sets it
 
 
+async def _zero():
+    return 0
+
+
 class Message:
     """A received PUBLISH: topic and payload (bytes), qos, retain, dup."""
 
@@ -173,6 +181,7 @@ class MQTTClient:
         self._ev = asyncio.Event()
         self._waiting = 0  # tasks in _wait
         self._lock = asyncio.Lock()  # held by the one task waiting for the socket
+        self._busy = False  # _lock is held (its locked(), without a call)
         self._clean = True
         self._done = False  # disconnect() or close(): no re-connecting, messages() ends
         self._first = False  # the next __anext__ is a new loop's first
@@ -207,13 +216,35 @@ class MQTTClient:
         self._task = asyncio.create_task(self._run())
         return bool(sp)
 
-    async def publish(self, topic, msg, retain=False, qos=0):
+    def publish(self, topic, msg, retain=False, qos=0):
         """Returns (the packet id, 0 for QoS 0) once the message is accepted: QoS 0
         handed to the socket, QoS 1/2 recorded in the store (durably with a flash store).
         Waits while the in-flight window is full.  While the link is down (reconnect=True,
         or any time with a flash store) QoS 1/2 messages are stored and go out after the
         next CONNACK; a full store waits up to timeout_ms for the link, then raises
         StoreFull.  QoS 0 messages are dropped while the link is down (counted)."""
+        # Not a coroutine function: a QoS 0 message on an idle link is handed to the socket
+        # here, and the awaitable returned is the smallest coroutine there is (_zero), not
+        # one holding this frame; everything else (and any error) is left to the coroutine
+        # returned, so that nothing changes for `await c.publish(...)`.
+        sess = self.session
+        w = self._w
+        if qos or w is None or not sess.connected or self._busy:
+            return self._publish(topic, msg, retain, qos)
+        try:
+            if not sess.publish0(topic, msg, retain, ticks_ms()):
+                return self._publish(topic, msg, retain, qos)
+        except Exception as e:  # a bad topic or payload
+            return self._rest(None, e)
+        try:
+            if _take(w, sess):
+                return self._rest(w, None)
+        except LINK_ERRORS as e:
+            return self._rest(w, e)
+        return _zero()
+
+    async def _publish(self, topic, msg, retain, qos):
+        """publish() but QoS 0 on an idle link (publish0 queued it)."""
         sess = self.session
         w = self._w
         if w is None or not sess.connected or qos and sess.window_full():
@@ -225,13 +256,24 @@ class MQTTClient:
         pid = 0 if not qos and sess.publish0(topic, msg, retain, now) else sess.publish(topic, msg, qos, retain, now)
         if w is not None:  # _send() inline: what the socket takes now, without waiting
             try:
-                more = self._lock.locked() or _take(w, sess)
+                more = self._busy or _take(w, sess)
             except LINK_ERRORS as e:
                 self._fail(w, e)
                 more = False
             if more:
                 await self._out()
         return pid
+
+    async def _rest(self, w, e):
+        """What publish() left to its coroutine: waiting for the socket (e None), a link
+        error on w, or (w None) an error to raise."""
+        if e is None:
+            await self._out()
+        elif w is None:
+            raise e
+        else:
+            self._fail(w, e)
+        return 0
 
     async def subscribe(self, topic, qos=0):
         """Subscribe and wait for SUBACK; returns the granted QoS (the return codes for a
@@ -679,7 +721,7 @@ class MQTTClient:
         w = self._w
         if w is None:
             return False
-        if self._lock.locked():
+        if self._busy:
             return True
         return _take(w, self.session)
 
@@ -704,13 +746,17 @@ class MQTTClient:
         """Wait until the socket took everything queued (one task at a time; a socket that
         takes nothing for timeout_ms means the link is dead)."""
         async with self._lock:
-            w = self._w
-            sess = self.session
-            while w is not None and w is self._w and _take(w, sess):
-                try:
-                    await _within(_wait_out(w, sess), self.timeout_ms)
-                except _Timeout:
-                    raise ConnectionLost("send timed out")
+            self._busy = True
+            try:
+                w = self._w
+                sess = self.session
+                while w is not None and w is self._w and _take(w, sess):
+                    try:
+                        await _within(_wait_out(w, sess), self.timeout_ms)
+                    except _Timeout:
+                        raise ConnectionLost("send timed out")
+            finally:
+                self._busy = False
 
     async def _read(self, mv, t):
         """Read into mv: the byte count, 0 at EOF, -1 when nothing came within t ms
