@@ -5,7 +5,7 @@ import json
 
 import board
 import sensors
-from app import log, uptime_ms, dumps as _dumps, VERSION
+from runtime import log, uptime_ms, dumps as _dumps, VERSION
 from mqtt import MQTTClient, MQTTException, StoreFull
 import mqtt.ring  # noqa: F401  (now, while the heap is in one piece: the client needs it)
 import mqtt.watchdog  # noqa: F401
@@ -16,6 +16,20 @@ MAX_QUEUED_CMDS = 8
 
 def _expand(template, uid, board_name):
     return template.replace("{uid}", uid).replace("{board}", board_name)
+
+
+def _sensors(cfg):
+    """The configured sensors, in name order; hwsensors.py only when the board has hardware."""
+    out = []
+    for name in sorted(cfg["sensors"]):
+        s = cfg["sensors"][name]
+        if s["kind"] == "sim":
+            out.append(sensors.Sim(name, s, board))
+        else:
+            import hwsensors
+
+            out.append(hwsensors.DRIVERS[s["kind"]](name, s, board))
+    return out
 
 
 class Device:
@@ -31,7 +45,8 @@ class Device:
         self.t_health = self.prefix + "/health"
         self.t_cmd = self.prefix + "/cmd"
         self.t_reply = self.prefix + "/reply"
-        self.sensors = sensors.make(cfg, board)
+        self.sensors = _sensors(cfg)
+        del cfg["sensors"]  # all in the sensor objects now: RAM
         for s in self.sensors:
             s.topic = self.prefix + "/" + _expand(s.topic, self.uid, cfg["board"])
         self.deep_sleep = cfg["power"]["mode"] == "deep-sleep"
