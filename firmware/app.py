@@ -1,7 +1,7 @@
-# Entry point of the sensor firmware (main.py calls main()): options (host), the board
-# configuration, safe mode, the crash-loop guard - then the device runtime (device.py).
-# Order matters for RAM: the configuration is validated (startup.py, config.py and
-# validate.py, then unloaded) before the MQTT library and the device (device.py) are imported.
+# Entry point of the sensor firmware (main.py calls main()): the start-up decision (startup.py:
+# options on the host, the board configuration, safe mode), then the device (device.py) under
+# the crash-loop guard.  Order matters for RAM: the configuration is validated and the start-up
+# code unloaded again before the MQTT library and the device are imported.
 #
 # Topics, under mqtt.topic_prefix (default "sensors/{uid}"):
 #   <prefix>/<sensor topic>  telemetry {"seq": N, "v": value} or {"seq": N, "err": "..."}
@@ -15,9 +15,6 @@ import sys
 
 import board
 import runtime
-
-
-# ---- entry point ----------------------------------------------------------------------------
 
 
 def _stop(code, why):
