@@ -58,6 +58,8 @@ def apply_defaults(cfg):
         m["port"] = 8883 if "tls" in m else 1883
     for k in ("port", "keepalive", "qos", "backoff_max_ms", "max_packet"):
         m[k] = int(m[k])
+    if "wifi" in cfg:
+        cfg["wifi"]["retries"] = int(cfg["wifi"]["retries"])  # range() takes no 5.0
     cfg["ring"]["size"] = int(cfg["ring"]["size"])
     cfg["ring"]["capacity"] = int(cfg["ring"]["capacity"])
     cfg["watchdog"]["timeout_ms"] = int(cfg["watchdog"]["timeout_ms"])

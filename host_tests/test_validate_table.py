@@ -227,3 +227,37 @@ def test_the_defaults_the_firmware_fills_in_are_the_schemas():
     assert got.pop("sensors.NAME.qos") == cfg["mqtt"]["qos"]
     want.pop("mqtt.tls.insecure")
     assert got == want
+
+
+def test_every_integer_key_given_as_n_point_0_comes_out_as_an_int():
+    """JSON Schema's "integer" admits 5.0; the firmware must then hold 5 (range(5.0) raises)."""
+    cfg = {"board": "t", "chip": "unix", "wifi": {"ssid": "s", "retries": 3.0},
+           "mqtt": {"broker": "h", "port": 1883.0, "keepalive": 30.0, "qos": 1.0, "backoff_max_ms": 2000.0,
+                    "max_packet": 4096.0},
+           "ring": {"path": "r", "size": 12288.0, "capacity": 8.0}, "watchdog": {"timeout_ms": 9000.0},
+           "power": {"mode": "always-on", "flush_budget_ms": 500.0}, "health": {"qos": 1.0},
+           "safe_mode": {"pin": 4.0, "window_ms": 10.0},
+           "sensors": {"a": {"kind": "adc", "qos": 0.0, "samples": 2.0, "pins": {"adc": 3.0}},
+                       "b": {"kind": "bme280", "pins": {"sda": 1.0, "scl": 2.0}, "bus": {"i2c": 1.0, "freq": 10000.0},
+                             "address": 119.0},
+                       "d": {"kind": "dht22", "pins": {"data": 5.0}},
+                       "s": {"kind": "sim", "steps": 10.0, "hang_after": 9.0, "fail_every": 7.0}}}
+    assert validate.validate(cfg) == []
+    done = config.apply_defaults(json.loads(json.dumps(cfg)))
+    integer_paths = [p for p, node, r in ALL if node.get("type") == "integer" or r[0] == "e" and type(r[1][0]) is int]
+    seen = 0
+
+    def check(node, parts, path):
+        nonlocal seen
+        if not parts:
+            assert type(node) is int, "%s is %r" % (path, node)
+            seen += 1
+        elif parts[0] == "NAME":
+            for v in node.values():
+                check(v, parts[1:], path)
+        elif parts[0] in node:
+            check(node[parts[0]], parts[1:], path)
+
+    for p in integer_paths:
+        check(done, p.split("."), p)
+    assert seen >= len(integer_paths)
