@@ -25,7 +25,7 @@ CODENAME := $(shell . /etc/os-release 2>/dev/null && echo "$$VERSION_CODENAME")
 # editing those rebuilds, while a fresh clone (new mtimes) reuses the cached binary.
 MPY_VERSION := 1.25.0
 MPY_INPUTS := tools/setup/build_micropython.sh \
-	$(sort $(filter-out %/manifest32.py,$(wildcard tools/setup/micropython/*.py)))
+	$(sort $(filter-out %/manifest32.py %/manifest32frozen.py,$(wildcard tools/setup/micropython/*.py)))
 MPY_HASH := $(shell sha256sum $(MPY_INPUTS) | sha256sum | cut -c1-10)
 MPY_PREFIX := $(CACHE_DIR)/micropython-$(MPY_VERSION)-$(CODENAME)-$(MPY_HASH)
 MPY_CACHED := $(MPY_PREFIX)/bin/micropython
@@ -48,7 +48,8 @@ MPY32_SETUP := $(if $(filter amd64,$(HOST_ARCH)),micropython32)
 # setup` nor `make test` builds it. Each build leaves a binary of about 0.5 MB in the cache:
 # the 4 newest are kept.
 MPY32F_FROZEN := manifest.py manifest_firmware.py $(sort $(shell find lib/mqtt -name '*.py')) \
-	$(filter-out firmware/main.py firmware/boot.py firmware/hostboard.py firmware/hostsim.py, \
+	$(filter-out firmware/main.py firmware/boot.py firmware/hostboard.py firmware/hostsim.py \
+		firmware/options.py, \
 		$(sort $(wildcard firmware/*.py)))
 MPY32F_INPUTS := $(MPY32_INPUTS) tools/setup/micropython/manifest32frozen.py $(MPY32F_FROZEN)
 MPY32F_HASH := $(shell sha256sum $(MPY32F_INPUTS) | sha256sum | cut -c1-10)

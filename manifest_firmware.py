@@ -10,7 +10,8 @@ include("manifest.py")
 
 # firmware/*.py -> top-level modules (import app, import board, ...): all of them but boot.py
 # and main.py, which MicroPython runs by name from the file system, and the host board layer
-# (hostboard.py, hostsim.py), which tools/deploy.py leaves out on an ESP32 too.
+# (hostboard.py, hostsim.py) and the host's command line (options.py), which tools/deploy.py
+# leaves out on an ESP32 too.
 for _name in ("app", "bme280", "board", "config", "device", "devtls", "esp32board",
-              "hwsensors", "sensors", "validate"):
+              "hwsensors", "jsoncheck", "runtime", "sensors", "startup", "validate"):
     module(_name + ".py", base_path="firmware")

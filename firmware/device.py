@@ -2,11 +2,10 @@
 # telemetry, birth/will status, commands and health, always-on or deep-sleep.
 # Hardware only through board.py; started by app.main() once the config is valid.
 import json
-import select
 
 import board
 import sensors
-from app import log, uptime_ms, dumps as _dumps, VERSION
+from runtime import log, uptime_ms, dumps as _dumps, VERSION
 from mqtt import MQTTClient, MQTTException, StoreFull
 import mqtt.ring  # noqa: F401  (now, while the heap is in one piece: the client needs it)
 import mqtt.watchdog  # noqa: F401
@@ -17,6 +16,20 @@ MAX_QUEUED_CMDS = 8
 
 def _expand(template, uid, board_name):
     return template.replace("{uid}", uid).replace("{board}", board_name)
+
+
+def _sensors(cfg):
+    """The configured sensors, in name order; hwsensors.py only when the board has hardware."""
+    out = []
+    for name in sorted(cfg["sensors"]):
+        s = cfg["sensors"][name]
+        if s["kind"] == "sim":
+            out.append(sensors.Sim(name, s, board))
+        else:
+            import hwsensors
+
+            out.append(hwsensors.DRIVERS[s["kind"]](name, s, board))
+    return out
 
 
 class Device:
@@ -32,7 +45,8 @@ class Device:
         self.t_health = self.prefix + "/health"
         self.t_cmd = self.prefix + "/cmd"
         self.t_reply = self.prefix + "/reply"
-        self.sensors = sensors.make(cfg, board)
+        self.sensors = _sensors(cfg)
+        del cfg["sensors"]  # all in the sensor objects now: RAM
         for s in self.sensors:
             s.topic = self.prefix + "/" + _expand(s.topic, self.uid, cfg["board"])
         self.deep_sleep = cfg["power"]["mode"] == "deep-sleep"
@@ -47,8 +61,6 @@ class Device:
         self.client = None
         self.linked = False  # connect() called: the client runs (and re-connects) from then on
         self.cmds = []
-        self._poll = None
-        self._polled = None
         self.was_up = False
         self.last_why = None   # the last link failure, and how often it repeated in a row
         self.repeats = 0
@@ -166,7 +178,7 @@ class Device:
     def publish(self, topic, payload, qos, retain=False):
         """Publish; raises StoreFull (nothing accepted is lost) when the ring is full."""
         c = self.client
-        if qos and not c.is_connected() and c.in_flight() >= c.store.capacity:
+        if qos and not c.is_connected() and c.room() <= 0:
             # The client would wait timeout_ms for the link before raising StoreFull; a
             # sensor loop would rather drop this reading now and keep its schedule.
             raise StoreFull("ring full (%d messages) and no connection" % c.in_flight())
@@ -209,16 +221,15 @@ class Device:
              "sent_qos0": self.sent0, "dropped": c.dropped + self.refused,
              "sensor_errors": self.errors, "seq": self.state.seq, "boots": self.state.boots,
              "reset_cause": board.reset_cause(), "version": VERSION}
-        st = c.store.stats() if hasattr(c.store, "stats") else None
-        h["ring_messages"] = c.in_flight()
-        h["ring_capacity"] = c.store.capacity
-        if st:
-            size = st.get("size") or 0
-            free = st.get("free_bytes", 0)
-            h["ring_fill_pct"] = (100 * (size - free)) // size if size else 0
-            h["ring_free_bytes"] = free
-            h["ring_skipped"] = st.get("skipped", 0)
-            h["ring_erases"] = st.get("erases", 0)
+        st = c.stats()
+        h["ring_messages"] = st["messages"]
+        h["ring_capacity"] = st["capacity"]
+        size = st.get("size") or 0
+        free = st.get("free_bytes", 0)
+        h["ring_fill_pct"] = (100 * (size - free)) // size if size else 0
+        h["ring_free_bytes"] = free
+        h["ring_skipped"] = st.get("skipped", 0)
+        h["ring_erases"] = st.get("erases", 0)
         return h
 
     def publish_health(self):
@@ -303,21 +314,12 @@ class Device:
 
     # ---- running -----------------------------------------------------------------------
     def idle(self, ms):
-        """Wait up to ms for traffic, then handle it (and timers, and a due re-connection).
-        Not client.wait_msg(timeout): with reconnect=True it does not return while the broker
-        is unreachable once an attempt overran the timeout (see docs/firmware.md)."""
-        c = self.client
-        s = c.sock
-        if s is not None and ms > 0:
-            if s is not self._polled:
-                self._poll = select.poll()
-                self._poll.register(s, select.POLLIN)
-                self._polled = s
-            self._poll.poll(ms)
-        elif ms > 0:
-            sleep_ms(min(ms, 100))  # link down: the next attempt is due within the back-off
+        """Wait up to ms for traffic and handle it, with timers and a due re-connection
+        (wait_msg(ms) is bounded by ms also while the broker is unreachable)."""
         if self.linked:
-            c.check_msg()
+            self.client.wait_msg(ms)
+        elif ms > 0:
+            sleep_ms(min(ms, 100))  # waiting for the clock (TLS): the loop retries link()
 
     def feed(self):
         # not linked (waiting for the clock): no client to stall; the loop itself is the progress
@@ -410,8 +412,7 @@ class Device:
                 pass
             done = self.flush_until(deadline)
         left = max(0, ticks_diff(deadline, ticks_ms()))
-        c.disconnect(timeout_ms=left)
-        c.store.close()
+        c.disconnect(left, close_store=True)  # the ring synced and let go before the power goes
         wake_s = self.state.wake_s or self.cfg["power"]["wake_period_s"]
         ms = max(100, int(wake_s * 1000) - uptime_ms())
         self.state.save()
@@ -428,6 +429,5 @@ class Device:
             except StoreFull:
                 pass
             self.flush_until(ticks_add(ticks_ms(), self.step_ms))
-        c.disconnect(timeout_ms=self.step_ms)
-        c.store.close()
+        c.disconnect(self.step_ms, close_store=True)
         self.state.save()

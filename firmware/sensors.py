@@ -1,8 +1,9 @@
-# Sensor drivers chosen by the board file's "kind".  Each driver gets its hardware
-# from the board layer (board.py), so none of them imports a hardware module, and
-# read(seq) returns a number or a small dict of numbers - or raises on a failed read.
-# The hardware drivers (adc, dht11/22, ds18b20, bme280) are in hwsensors.py, loaded
-# only when the board file uses one.
+# The sensor base class and the simulated sensor.  Each driver gets its hardware from
+# the board layer (board.py), so none of them imports a hardware module, and read(seq)
+# returns a number or a small dict of numbers - or raises on a failed read.  The
+# hardware drivers (adc, dht11/22, ds18b20, bme280) are in hwsensors.py, which builds on
+# this module; device.py picks the driver for each "kind" and loads hwsensors.py only
+# when the board file uses one.
 from mqtt.compat import sleep_ms
 
 
@@ -56,16 +57,3 @@ def value(signal, base, amp, steps, seq):
         v = base + amp * math.sin(2 * math.pi * (seq % steps) / steps)
     return round(v, 3)
 
-
-def make(cfg, board):
-    """The configured sensors, in name order."""
-    out = []
-    for name in sorted(cfg["sensors"]):
-        s = cfg["sensors"][name]
-        if s["kind"] == "sim":
-            out.append(Sim(name, s, board))
-        else:
-            import hwsensors
-
-            out.append(hwsensors.DRIVERS[s["kind"]](name, s, board))
-    return out

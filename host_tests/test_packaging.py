@@ -22,7 +22,7 @@ def test_one_version_for_library_firmware_and_tools():
     assert re.fullmatch(r"\d+\.\d+\.\d+", VERSION)
     assert json.loads((ROOT / "package.json").read_text())["version"] == VERSION
     assert re.search(r'version="(.+)"', (ROOT / "manifest.py").read_text()).group(1) == VERSION
-    assert re.search(r'^VERSION = "(.+)"', (ROOT / "firmware/app.py").read_text(), re.M).group(1) == VERSION
+    assert re.search(r'^VERSION = "(.+)"', (ROOT / "firmware/runtime.py").read_text(), re.M).group(1) == VERSION
     assert re.search(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), re.M).group(1) == VERSION
     assert 'version = {attr = "mqtt.__version__"}' in (ROOT / "pyproject.toml").read_text()
 

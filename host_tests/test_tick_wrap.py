@@ -245,8 +245,9 @@ def test_ack_timeout_resends_once_across_the_wrap(wrt, broker, peer_factory):
 
 # ---- the firmware -------------------------------------------------------------------------------
 
-# app.py takes its ticks from MicroPython's time module (the library loads only after the
-# configuration is checked): imported before the clock is swapped, so that set_clock finds it.
+# runtime.py (imported by app.py) takes its ticks from MicroPython's time module (the library
+# loads only after the configuration is checked): imported before the clock is swapped, so
+# that set_clock finds it.
 FIRMWARE_MAIN = """
 app.main()
 """
@@ -293,17 +294,17 @@ def test_firmware_runs_across_the_wrap_with_a_growing_uptime(tmp_path, broker, p
 UPTIME = """
 now = [START]
 compat.set_clock(lambda: now[0], diff, add)
-seen = [app.uptime_ms()]
+seen = [runtime.uptime_ms()]
 for step in range(40):  # 40 x 2^28 ms: ten tick periods, each step within ticks_diff's range
     now[0] = add(now[0], (1 << 28) + 7)
-    seen.append(app.uptime_ms())
+    seen.append(runtime.uptime_ms())
 print(seen[0], seen[-1] == 40 * ((1 << 28) + 7), all(b > a for a, b in zip(seen, seen[1:])))
 """
 
 
 def test_uptime_counts_past_2_to_the_29_ms_and_many_wraps(rt):
     """ticks_diff(now, boot) would turn negative 2^29 ms (6.2 days) after boot on an ESP32."""
-    script = rt.script("import app\n" + clock(PERIOD - 1, False) + UPTIME)
+    script = rt.script("import runtime\n" + clock(PERIOD - 1, False) + UPTIME)
     env = rt.env()
     key = "MICROPYPATH" if rt.name == "micropython" else "PYTHONPATH"
     env[key] += ":" + str(FIRMWARE)

@@ -737,7 +737,7 @@ def esp32_boards():
     return out
 
 
-HOST_LAYER = ("hostboard", "hostsim")  # the host board layer (tools/deploy.py's HOST_ONLY)
+HOST_LAYER = ("hostboard", "hostsim", "options")  # host-only modules (tools/deploy.py's HOST_ONLY)
 
 
 def firmware_tree(dest, frozen=False):

@@ -9,7 +9,7 @@
 2. lib/**/*.py -> /lib/**/*.mpy and firmware/**/*.py -> /**/*.mpy are compiled with mpy-cross
    (-march for the board's chip) into build/deploy/NAME/; firmware/boot.py and firmware/main.py
    stay source, since MicroPython runs them by name; the host board layer (hostboard.py,
-   hostsim.py) is left out on an ESP32 chip. The files mqtt.tls names (ca, cert, key: device
+   hostsim.py) and the host's command line (options.py) are left out on an ESP32 chip. The files mqtt.tls names (ca, cert, key: device
    paths /X) are copied from boards/X, which must exist. lib/mqttc (the
    command-line client) stays on the host.
 3. The device is asked (one `mpremote exec`) for sys.implementation._mpy, its version, the
@@ -55,7 +55,8 @@ from devtools.boards import CHIPS, device_files, load_config  # noqa: E402
 MANIFEST = "/.deploy.json"
 CONFIG = "/board.json"
 KEEP_SOURCE = ("boot.py", "main.py")  # run by name from the root of the file system
-HOST_ONLY = ("hostboard.py", "hostsim.py")  # the host board layer: never loaded on a board
+# never loaded on a board: the host board layer, and the host's command line (main.py --check ...)
+HOST_ONLY = ("hostboard.py", "hostsim.py", "options.py")
 HOST_LIBS = ("mqttc",)  # lib/mqttc: the command-line client, of no use on a board
 PROBE_MARK = "DEPLOY-PROBE "
 FROZEN_MARK = "DEPLOY-FROZEN"  # the probe prints help('modules') after this line (--frozen)

@@ -326,9 +326,17 @@ class MQTTClient:
             await self._wait(left)
         return True
 
-    async def disconnect(self, timeout_ms=None):
+    async def disconnect(self, timeout_ms=None, close_store=False):
         """Finish in-flight flows (bounded by timeout_ms), send DISCONNECT and close.
-        What is left unfinished stays in the store for the next persistent session."""
+        What is left unfinished stays in the store for the next persistent session.
+        close_store=True: also close the store (a flash ring is synced and its file or
+        partition let go), connected or not - the last call before deep sleep or exit."""
+        if close_store:
+            try:
+                await self.disconnect(timeout_ms)
+            finally:
+                self.store.close()
+            return
         self._done = True
         self.supervisor.down = False
         if self.is_connected():
@@ -357,6 +365,21 @@ class MQTTClient:
 
     def in_flight(self):
         return self.store.count
+
+    def room(self):
+        """QoS 1/2 messages the store takes now; publish() beyond that waits for acks
+        (while the link is down: up to timeout_ms, then StoreFull)."""
+        return self.store.capacity - self.store.count
+
+    def stats(self):
+        """A new dict: the store's figures (messages, capacity, inbound, held; a flash
+        ring adds size, free_bytes, skipped, erases, ...) and reconnects, dropped,
+        overflow."""
+        d = self.store.stats()
+        d["reconnects"] = self.reconnects
+        d["dropped"] = self.dropped
+        d["overflow"] = self.overflow
+        return d
 
     def __aiter__(self):
         return self

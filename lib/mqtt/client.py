@@ -114,9 +114,17 @@ class MQTTClient:
                 self._go_down(e)
             raise
 
-    def disconnect(self, timeout_ms=None):
+    def disconnect(self, timeout_ms=None, close_store=False):
         """Finish in-flight QoS 1/2 flows (bounded), send DISCONNECT and close.
-        What is left unfinished stays in the store for the next persistent session."""
+        What is left unfinished stays in the store for the next persistent session.
+        close_store=True: also close the store (a flash ring is synced and its file or
+        partition let go), connected or not - the last call before deep sleep or exit."""
+        if close_store:
+            try:
+                self.disconnect(timeout_ms)
+            finally:
+                self.store.close()
+            return
         self.supervisor.down = False
         if self.sock is None:
             return
@@ -283,6 +291,19 @@ class MQTTClient:
         """Drop the socket without DISCONNECT (the broker will publish the will)."""
         self.supervisor.down = False
         self._close()
+
+    def room(self):
+        """QoS 1/2 messages the store takes now; publish() beyond that waits for acks
+        (while the link is down: up to timeout_ms, then StoreFull)."""
+        return self.store.capacity - self.store.count
+
+    def stats(self):
+        """A new dict: the store's figures (messages, capacity, inbound, held; a flash
+        ring adds size, free_bytes, skipped, erases, ...) and reconnects, dropped."""
+        d = self.store.stats()
+        d["reconnects"] = self.reconnects
+        d["dropped"] = self.dropped
+        return d
 
     # ---- connection management --------------------------------------------------
     def _begin(self, t):
