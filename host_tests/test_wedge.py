@@ -426,3 +426,33 @@ def test_every_wait_is_bounded_while_the_broker_accepts_tcp_but_never_answers(rt
         assert int(over) < slack, "%s overran its time by %s ms\n%s" % (name, over, out)
     stored = out.split()[-3:]
     assert stored[0] == stored[2] != "0", "QoS 1/2 publications were not all kept while down: " + out
+
+
+REFUSED = '''
+import errno
+from mqtt import MQTTClient
+from mqtt.aio import MQTTClient as AioClient
+import asyncio
+for what, c in (("blocking", MQTTClient("rf", "127.0.0.1", PORT, timeout_ms=2000)),
+                ("aio", AioClient("rf", "127.0.0.1", PORT, timeout_ms=2000))):
+    try:
+        if what == "aio":
+            asyncio.run(c.connect())
+        else:
+            c.connect()
+        print(what, "CONNECTED")
+    except Exception as e:
+        print(what, type(e).__name__, isinstance(e, OSError), e.errno == errno.ECONNREFUSED)
+'''
+
+
+def test_a_refused_connect_raises_oserror_econnrefused_from_both_front_ends(rt):
+    """The README's promise: a broker that cannot be reached is an OSError from connect().
+    MicroPython has no SO_ERROR, so a refused non-blocking connect shows only at the first
+    send: that is still the attempt failing, not a lost link (ConnectionLost)."""
+    from conftest import free_port
+    out = ok(rt.run(PRELUDE + REFUSED, args=(free_port(),)))
+    assert [ln.split()[0] for ln in out.splitlines()] == ["blocking", "aio"], out
+    for line in out.splitlines():
+        what, rest = line.split(" ", 1)
+        assert rest.endswith(" True True"), out

@@ -488,9 +488,14 @@ class MQTTClient:
             compat.wait(self._poll_out, w)
         return True
 
-    def _send_failed(self, e):
-        """Writing to the socket raised OSError e: the link is dead."""
-        self._close(ConnectionLost("send failed: %s" % e), compat.is_reset(e))
+    def _send_failed(self, e, what="send"):
+        """Writing to (or reading from) the socket raised OSError e: the link is dead.
+        Before the CONNACK it is the connection attempt that failed, raised as the OSError
+        it is (MicroPython has no SO_ERROR: a refused connect shows only here)."""
+        reset = compat.is_reset(e)
+        if self.session.connected:
+            e = ConnectionLost("%s failed: %s" % (what, e))
+        self._close(e, reset)
 
     def _deliver(self, ev):
         if not self.deliver:
@@ -557,7 +562,7 @@ class MQTTClient:
             try:
                 n = compat.recv_into(self.sock, sess.rx_space())
             except OSError as e:
-                self._close(ConnectionLost("receive failed: %s" % e), compat.is_reset(e))
+                self._send_failed(e, "receive")
             if n == 0:
                 self._close(ConnectionLost("connection closed by broker"), True)
             if n < 0:  # would block
