@@ -625,8 +625,8 @@ class Runner:
                 if not qos:
                     self.wait_link()
                     continue
-                if c.store.count >= c.store.capacity:
-                    self.full("store full (%d messages)" % c.store.count)
+                if not c.room():
+                    self.full("store full (%d messages)" % c.in_flight())
                     self.idle(250)
                     continue
             try:
