@@ -1027,7 +1027,7 @@ def heap_table(figs):
             tls = any(figs[b].get("firmware", {}).get(n, {}).get("tls_removed") for b in cols)
             w("| %s%s | %s |" % (n[:-5], " (TLS off)" if tls else "", " | ".join(cells)))
         if any("host_layer" in figs[b] for b in cols):
-            w("| host board layer imported (hostboard, hostsim: .mpy files in every column) | %s |"
+            w("| host-only modules imported (hostboard, hostsim, options: .mpy files in every column) | %s |"
               % " | ".join(kb(figs[b]["host_layer"]) if "host_layer" in figs[b] else "—"
                            for b in cols))
     return L
@@ -1052,8 +1052,8 @@ def heap_notes(figs):
          "MemoryError. Bisected in 1 KB steps; live = heap total − least `heap_free` reported. "
          "TLS is taken out of the board file: the 32-bit port has no `ssl`, and on an ESP32 "
          "mbedTLS allocates from the IDF heap, outside MicroPython's. The host board layer "
-         "(hostboard.py, hostsim.py) is never frozen (no ESP32 image carries it): it is loaded "
-         "as .mpy in every column, the frozen one included, where an ESP32 image would have "
+         "(hostboard.py, hostsim.py) and the command line (options.py) are never frozen (no ESP32 image carries them): they are "
+         "loaded as .mpy in every column, the frozen one included, where an ESP32 image would have "
          "esp32board.py and its drivers frozen."]
     for key, how in (("32", "as .mpy files (make deploy, mip)"),
                      ("32-frozen", "frozen into the firmware (manifest.py / manifest_firmware.py)")):
