@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT, free_port, ok
 from fakebroker import (
-    FakeBroker, connack, connect, puback, pubcomp, publish, pubrec, pubrel, suback, subscribe,
+    FakeBroker, assert_bytes, connack, connect, puback, pubcomp, publish, pubrec, pubrel, suback, subscribe,
 )
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -679,6 +679,72 @@ def test_subscriptions_are_restored_only_when_the_broker_lost_the_session(rt):
             s.kill()
     assert msgs(out) == [("rs/a", "one", "0", "0", "0"), ("rs/b", "two", "0", "0", "0")], out
     assert "GRANTED [1, 2]" in out and "RECONNECTS 2" in out, out
+
+
+CANCELLED_WRITE = """
+async def main():
+    c = MQTTClient("fb-aio-cx", HOST, PORT, timeout_ms=20000, reconnect=True, backoff_ms=50,
+                   backoff_cap_ms=200)
+    await c.connect()
+    big = b"x" * 8000
+    n = 0
+    while True:  # until the broker, who reads nothing, leaves a publish waiting for the socket
+        try:
+            await asyncio.wait_for(c.publish("cx/t", big), 0.5)
+        except asyncio.TimeoutError:
+            break
+        n += 1
+        if n > 20000:
+            print("NEVER FULL")
+            return
+    print("CANCELLED", n)
+    t0 = ticks_ms()
+    while not c.is_connected() and ticks_diff(ticks_ms(), t0) < 10000:
+        await sleep_ms(20)  # QoS 0 is dropped while the link is down
+    await c.publish("cx/t", "after")
+    await c.disconnect()
+    print("DONE", c.reconnects)
+asyncio.run(main())
+"""
+
+
+def test_a_publish_cancelled_while_the_socket_is_full_never_corrupts_the_stream(rt):
+    """An app's wait_for around publish() cancels it while it waits for a full socket.  What the
+    broker gets stays a sequence of whole, correct packets: on CPython the transport keeps the
+    cancelled bytes in order; MicroPython's stream may have sent part of its buffer, so the client
+    drops that link (the broker may see a cut packet, then EOF) and goes on over a new one."""
+    big = publish("cx/t", b"x" * 8000)
+    after = publish("cx/t", "after")
+    with FakeBroker() as fb:
+        s = Spawned(rt, CANCELLED_WRITE, fb.port)
+        try:
+            c = fb.accept()
+            c.expect(connect("fb-aio-cx"))
+            c.send(connack())
+            s.wait_line("CANCELLED", timeout=60)  # read nothing until then
+            seen_after = False
+            while True:
+                try:
+                    p = c.read_packet(timeout=10)
+                except AssertionError:
+                    assert c.eof, "neither a whole packet nor EOF"
+                    break  # a cut link: what it left is at most one packet's beginning
+                if p == after:
+                    seen_after = True
+                    c.expect_disconnect()
+                    break
+                assert_bytes(p, big)
+            if not seen_after:
+                c = fb.accept()
+                c.expect(connect("fb-aio-cx"))
+                c.send(connack())
+                c.expect_packet(after)
+                c.expect_disconnect()
+            out = s.finish()
+        finally:
+            s.kill()
+    assert "DONE" in out, out
+    assert ("DONE 1" if rt.name == "micropython" else "DONE 0") in out, out
 
 
 KEEPALIVE = """

@@ -778,6 +778,13 @@ class MQTTClient:
                         await _within(_wait_out(w, sess), self.timeout_ms)
                     except _Timeout:
                         raise ConnectionLost("send timed out")
+                    except BaseException:
+                        # Cancelled (e.g. an app's wait_for around publish): MicroPython's
+                        # drain keeps its whole buffer, part of which may have gone out, so
+                        # this link's byte stream cannot go on; the session resends on the next
+                        if MICROPYTHON and w is self._w:
+                            self._lost(ConnectionLost("a write to the broker was cancelled"))
+                        raise
             finally:
                 self._busy = False
 
