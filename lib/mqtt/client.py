@@ -197,7 +197,7 @@ class MQTTClient:
                     try:
                         k = send(self.sock, sess.tx, sess.txoff, n)
                     except OSError as e:
-                        self._send_failed(e)
+                        self._io_failed(e)
                     if k == n:
                         sess.txoff = sess.txn = 0  # sess.written(n), inline
                         self._stall = None
@@ -468,7 +468,7 @@ class MQTTClient:
             try:
                 k = send(self.sock, sess.tx, sess.txoff, n)
             except OSError as e:
-                self._send_failed(e)
+                self._io_failed(e)
             if k:
                 sess.written(k)
                 self._stall = None
@@ -488,7 +488,7 @@ class MQTTClient:
             compat.wait(self._poll_out, w)
         return True
 
-    def _send_failed(self, e, what="send"):
+    def _io_failed(self, e, what="send"):
         """Writing to (or reading from) the socket raised OSError e: the link is dead.
         Before the CONNACK it is the connection attempt that failed, raised as the OSError
         it is (MicroPython has no SO_ERROR: a refused connect shows only here)."""
@@ -562,7 +562,7 @@ class MQTTClient:
             try:
                 n = compat.recv_into(self.sock, sess.rx_space())
             except OSError as e:
-                self._send_failed(e, "receive")
+                self._io_failed(e, "receive")
             if n == 0:
                 self._close(ConnectionLost("connection closed by broker"), True)
             if n < 0:  # would block
