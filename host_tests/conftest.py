@@ -1,5 +1,7 @@
 """Shared fixtures: a real Mosquitto on a free loopback port, and the two runtimes
 (CPython and the MicroPython unix port) that every behaviour test runs under."""
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -233,3 +235,26 @@ def peer_factory():
 
 def have(cmd):
     return shutil.which(cmd) is not None
+
+
+# ---- mpremote's mip, installing into a directory --------------------------------------------
+
+
+def mip_install(package_json, target):
+    """Install package_json (a local file) with mpremote's own mip code into the directory
+    target, which stands in for a device's file system (as `mip install /path/package.json`)."""
+    mip = pytest.importorskip("mpremote.mip")
+
+    class Transport:  # the part of mpremote's transport that mip uses
+        def fs_exists(self, path):
+            return os.path.exists(path)
+
+        def fs_mkdir(self, path):
+            os.mkdir(path)
+
+        def fs_writefile(self, dest, data, progress_callback=None):
+            Path(dest).write_bytes(data)
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        mip._install_package(Transport(), str(package_json), "https://unused.invalid",
+                             str(target), None, True)

@@ -14,7 +14,6 @@ leaves unverified).
   library module; the .mpy deploy produces imports on the unix port.
 - size: every module is reported.
 """
-import contextlib
 import hashlib
 import importlib.util
 import io
@@ -53,6 +52,7 @@ def _load(name):
 flash = _load("flash")
 deploy = _load("deploy")
 size = _load("size")
+from conftest import mip_install  # noqa: E402
 from devtools import mpy  # noqa: E402  (tools/ is on sys.path once a tool is loaded)
 from devtools.boards import deep_merge  # noqa: E402
 
@@ -1068,23 +1068,9 @@ def test_package_json_lists_every_library_module_with_well_formed_urls():
 def test_package_json_installs_with_mpremote_mip_and_imports(tmp_path):
     """mpremote's own mip code resolves the relative URLs of our package.json (as a local file)
     and installs into a fake device file system; the result imports on the unix port."""
-    mip = pytest.importorskip("mpremote.mip")
-
-    class Transport:  # the part of mpremote's transport that mip uses
-        def fs_exists(self, path):
-            return os.path.exists(path)
-
-        def fs_mkdir(self, path):
-            os.mkdir(path)
-
-        def fs_writefile(self, dest, data, progress_callback=None):
-            Path(dest).write_bytes(data)
-
     target = tmp_path / "lib"
     target.mkdir()
-    with contextlib.redirect_stdout(io.StringIO()):  # as `mip install /path/package.json`
-        mip._install_package(Transport(), str(ROOT / "package.json"), "https://unused.invalid",
-                             str(target), None, True)
+    mip_install(ROOT / "package.json", target)
     assert sorted(p.name for p in (target / "mqtt").iterdir()) == lib_modules()
     if MICROPYTHON.exists():
         out = micropython("import mqtt; print(mqtt.__version__)", target, cwd=tmp_path)

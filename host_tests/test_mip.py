@@ -1,15 +1,12 @@
 """mip/: the library precompiled to .mpy for `mip install`, so a board without PSRAM need not
 compile the sources (which takes ~96 KB of heap on a 32-bit port; the .mpy load, with a ring open, in 64 KB)."""
-import contextlib
-import io
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, MICROPYTHON, MICROPYTHON32
+from conftest import ROOT, MICROPYTHON, MICROPYTHON32, mip_install
 
 BINARY = MICROPYTHON32 if MICROPYTHON32.exists() else MICROPYTHON
 
@@ -24,23 +21,9 @@ def test_mip_package_installs_with_mpremote_and_loads_in_a_small_heap(tmp_path):
     """mpremote's own mip code installs mip/package.json into a fake device file system; on
     the (32-bit) unix port the library then imports and opens a ring in a 64 KB heap, where
     the .py sources cannot even be compiled."""
-    mip = pytest.importorskip("mpremote.mip")
-
-    class Transport:  # the part of mpremote's transport that mip uses
-        def fs_exists(self, path):
-            return os.path.exists(path)
-
-        def fs_mkdir(self, path):
-            os.mkdir(path)
-
-        def fs_writefile(self, dest, data, progress_callback=None):
-            Path(dest).write_bytes(data)
-
     target = tmp_path / "lib"
     target.mkdir()
-    with contextlib.redirect_stdout(io.StringIO()):
-        mip._install_package(Transport(), str(ROOT / "mip" / "package.json"), "https://unused.invalid",
-                             str(target), None, True)
+    mip_install(ROOT / "mip" / "package.json", target)
     got = sorted(p.name for p in (target / "mqtt").iterdir())
     assert got == sorted(p.stem + ".mpy" for p in (ROOT / "lib" / "mqtt").glob("*.py"))
     if not BINARY.exists():
